@@ -121,7 +121,7 @@ export const loadSqlFile = (
     (sql) => Effect.promise(() => sql.end({ timeout: 5 }))
   )
 
-const start = (options: Options) =>
+const start = () =>
   Effect.gen(function*() {
     const port = yield* freePort
     const root = yield* attempt("cannot create a temporary directory", () =>
@@ -198,7 +198,7 @@ export const layer = (options: Options = {}): Layer.Layer<EmbeddedPostgres, Embe
       const fromEnv = yield* Config.option(Config.Redacted("DATABASE_URL")).pipe(
         Effect.mapError((cause) => new EmbeddedPostgresError({ message: "invalid DATABASE_URL", cause }))
       )
-      const server = Option.isSome(fromEnv) ? external(fromEnv.value) : yield* start(options)
+      const server = Option.isSome(fromEnv) ? external(fromEnv.value) : yield* start()
       if (options.sqlFile !== undefined) {
         yield* loadSqlFile(server.url, options.sqlFile, options.settings)
       }

@@ -1,0 +1,93 @@
+/**
+ * A connection held for the length of an interaction: what function
+ * interactions, transactions and partial-transaction steps receive.
+ *
+ * @since 0.1.0
+ */
+import type { Effect, Schema } from "effect"
+import type { DbError, RowDecodeError } from "./DbError.ts"
+import type { Statement } from "./Statement.ts"
+
+/**
+ * A row as the driver returns it: column name to value (`int8` and `numeric`
+ * as strings, `json` parsed, timestamps as `Date`, `bytea` as `Buffer`).
+ *
+ * @since 0.1.0
+ */
+export type Row = { readonly [column: string]: unknown }
+
+/**
+ * Runs a statement and returns its rows, or its rows decoded with a `Schema`.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Schema } from "effect"
+ * import { sql, WritePool } from "effect-dbpool"
+ *
+ * const TestValue = Schema.Struct({ id: Schema.Number, val1: Schema.Number, val2: Schema.Number })
+ *
+ * const program = Effect.gen(function*() {
+ *   const pool = yield* WritePool
+ *   const rows = yield* pool.run(sql`SELECT * FROM test_values WHERE id = ${123}`, TestValue)
+ *   return rows[0]?.val1
+ * })
+ * ```
+ *
+ * @since 0.1.0
+ */
+export interface Run {
+  (statement: Statement): Effect.Effect<ReadonlyArray<Row>, DbError>
+  <S extends Schema.Top>(
+    statement: Statement,
+    schema: S
+  ): Effect.Effect<ReadonlyArray<S["Type"]>, DbError | RowDecodeError, S["DecodingServices"]>
+}
+
+/**
+ * Options of an outermost transaction. Nested transactions are savepoints
+ * and take none.
+ *
+ * @since 0.1.0
+ */
+export interface TransactionOptions {
+  readonly isolationLevel?: "read committed" | "repeatable read" | "serializable" | undefined
+  readonly readOnly?: boolean | undefined
+  /** Only meaningful with `serializable` and `readOnly`. */
+  readonly deferrable?: boolean | undefined
+}
+
+/**
+ * One connection, held exclusively while the interaction runs.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { sql, WritePool } from "effect-dbpool"
+ *
+ * const program = Effect.gen(function*() {
+ *   const pool = yield* WritePool
+ *   return yield* pool.interaction((conn) =>
+ *     Effect.gen(function*() {
+ *       yield* conn.run(sql`CREATE TEMP TABLE scratch (x int)`)
+ *       yield* conn.run(sql`INSERT INTO scratch VALUES (${1}), (${2})`)
+ *       return yield* conn.run(sql`SELECT sum(x) AS total FROM scratch`)
+ *     })
+ *   )
+ * })
+ * ```
+ *
+ * @since 0.1.0
+ */
+export interface Connection {
+  /** The server process id of this connection's backend (`pg_backend_pid()`). */
+  readonly pid: number
+  readonly run: Run
+  /**
+   * Runs `f` in a transaction on this connection: `BEGIN … COMMIT`, or a
+   * savepoint when already inside one. Failure and interruption roll back.
+   */
+  readonly transaction: <A, E, R>(
+    f: (connection: Connection) => Effect.Effect<A, E, R>,
+    options?: TransactionOptions
+  ) => Effect.Effect<A, E | DbError, R>
+}

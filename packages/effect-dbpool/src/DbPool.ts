@@ -1,0 +1,214 @@
+/**
+ * Pools as Layers: one Layer gives a {@link WritePool} and a {@link ReadPool};
+ * {@link named} declares further pairs (an analytics database next to the
+ * main one). Releasing the Layer closes every connection.
+ *
+ * @since 0.1.0
+ */
+import { Config as C, Context, Duration, Effect, Layer, Option, Redacted } from "effect"
+import * as Pool from "./internal/pool.ts"
+import { ReadPool } from "./ReadPool.ts"
+import type { InteractionPool } from "./InteractionPool.ts"
+import { WritePool, type WritePoolService } from "./WritePool.ts"
+
+/**
+ * Pool settings. Only `url` is required.
+ *
+ * | setting | default | env (`layerConfig`) |
+ * |---|---|---|
+ * | `url` | — | `DATABASE_URL` |
+ * | `readUrl` | `url`, in read-only sessions | `DATABASE_READ_URL` |
+ * | `minSize` / `maxSize` | 0 / 10 | `DATABASE_POOL_MIN` / `DATABASE_POOL_MAX` |
+ * | `readMinSize` / `readMaxSize` | `minSize` / `maxSize` | `DATABASE_READ_POOL_MIN` / `DATABASE_READ_POOL_MAX` |
+ * | `acquireTimeout` | 30 seconds | `DATABASE_ACQUIRE_TIMEOUT` |
+ * | `connectTimeout` | 10 seconds | `DATABASE_CONNECT_TIMEOUT` |
+ * | `idleTimeout` | 10 minutes | `DATABASE_IDLE_TIMEOUT` |
+ * | `maxLifetime` | 30 minutes (minus up to 10% jitter) | `DATABASE_MAX_LIFETIME` |
+ * | `applicationName` | `effect-dbpool` | `DATABASE_APPLICATION_NAME` |
+ *
+ * @since 0.1.0
+ */
+export interface Config {
+  /** The write server, e.g. `postgres://user:password@host:5432/db`. */
+  readonly url: Redacted.Redacted<string>
+  /** A replica for the read pool. */
+  readonly readUrl?: Redacted.Redacted<string> | undefined
+  readonly minSize?: number | undefined
+  readonly maxSize?: number | undefined
+  readonly readMinSize?: number | undefined
+  readonly readMaxSize?: number | undefined
+  /** How long a caller waits for a free connection before `PoolTimeout`. */
+  readonly acquireTimeout?: Duration.Input | undefined
+  /** How long opening a connection may take before `ConnectFailed`. */
+  readonly connectTimeout?: Duration.Input | undefined
+  /** Connections above `minSize` idle this long are closed. */
+  readonly idleTimeout?: Duration.Input | undefined
+  /** Connections older than this are retired when next returned or checked out. */
+  readonly maxLifetime?: Duration.Input | undefined
+  readonly applicationName?: string | undefined
+}
+
+/** `host:port/database` — what logs and errors may say about a server. */
+const describeServer = (url: Redacted.Redacted<string>): string => {
+  try {
+    const u = new URL(Redacted.value(url))
+    return `${u.hostname}:${u.port || "5432"}${u.pathname === "" ? "" : u.pathname}`
+  } catch {
+    return "(unparseable URL)"
+  }
+}
+
+const settings = (config: Config, name: string, kind: "write" | "read"): Pool.Settings => {
+  const url = kind === "read" && config.readUrl !== undefined ? config.readUrl : config.url
+  const minSize = kind === "read" ? config.readMinSize ?? config.minSize ?? 0 : config.minSize ?? 0
+  const maxSize = Math.max(1, minSize, kind === "read" ? config.readMaxSize ?? config.maxSize ?? 10 : config.maxSize ?? 10)
+  return {
+    name: `${name}/${kind}`,
+    url,
+    server: describeServer(url),
+    readOnly: kind === "read",
+    minSize,
+    maxSize,
+    acquireTimeout: Duration.fromInputUnsafe(config.acquireTimeout ?? "30 seconds"),
+    connectTimeoutMillis: Duration.toMillis(Duration.fromInputUnsafe(config.connectTimeout ?? "10 seconds")),
+    idleTimeout: Duration.fromInputUnsafe(config.idleTimeout ?? "10 minutes"),
+    maxLifetimeMillis: Duration.toMillis(Duration.fromInputUnsafe(config.maxLifetime ?? "30 minutes")),
+    applicationName: config.applicationName ?? "effect-dbpool"
+  }
+}
+
+const build = (
+  name: string,
+  write: Context.Key<any, WritePoolService>,
+  read: Context.Key<any, InteractionPool>,
+  config: Config
+) =>
+  Effect.gen(function*() {
+    const w = yield* Pool.make(settings(config, name, "write"))
+    const r = yield* Pool.make(settings(config, name, "read"))
+    return Context.add(Context.make(write, w), read, r)
+  })
+
+const fromEnv = (prefix: string): C.Config<Config> => {
+  const int = (key: string) => C.option(C.Int(`${prefix}${key}`))
+  const duration = (key: string) => C.option(C.Duration(`${prefix}${key}`))
+  return C.all({
+    url: C.Redacted(`${prefix}DATABASE_URL`),
+    readUrl: C.option(C.Redacted(`${prefix}DATABASE_READ_URL`)),
+    minSize: int("DATABASE_POOL_MIN"),
+    maxSize: int("DATABASE_POOL_MAX"),
+    readMinSize: int("DATABASE_READ_POOL_MIN"),
+    readMaxSize: int("DATABASE_READ_POOL_MAX"),
+    acquireTimeout: duration("DATABASE_ACQUIRE_TIMEOUT"),
+    connectTimeout: duration("DATABASE_CONNECT_TIMEOUT"),
+    idleTimeout: duration("DATABASE_IDLE_TIMEOUT"),
+    maxLifetime: duration("DATABASE_MAX_LIFETIME"),
+    applicationName: C.option(C.String(`${prefix}DATABASE_APPLICATION_NAME`))
+  }).pipe(
+    C.map((c) => ({
+      url: c.url,
+      readUrl: Option.getOrUndefined(c.readUrl),
+      minSize: Option.getOrUndefined(c.minSize),
+      maxSize: Option.getOrUndefined(c.maxSize),
+      readMinSize: Option.getOrUndefined(c.readMinSize),
+      readMaxSize: Option.getOrUndefined(c.readMaxSize),
+      acquireTimeout: Option.getOrUndefined(c.acquireTimeout),
+      connectTimeout: Option.getOrUndefined(c.connectTimeout),
+      idleTimeout: Option.getOrUndefined(c.idleTimeout),
+      maxLifetime: Option.getOrUndefined(c.maxLifetime),
+      applicationName: Option.getOrUndefined(c.applicationName)
+    }))
+  )
+}
+
+/**
+ * The default pools from settings.
+ *
+ * @example
+ * ```ts
+ * import { Redacted } from "effect"
+ * import { DbPool } from "effect-dbpool"
+ *
+ * const PoolsLive = DbPool.layer({ url: Redacted.make("postgres://app:secret@localhost:5432/app"), maxSize: 16 })
+ * ```
+ *
+ * @since 0.1.0
+ */
+export const layer = (config: Config): Layer.Layer<WritePool | ReadPool> =>
+  Layer.effectContext(build("default", WritePool, ReadPool, config))
+
+/**
+ * The default pools from the environment (`DATABASE_URL`, `DATABASE_READ_URL`, …; see {@link Config}).
+ *
+ * @example
+ * ```ts
+ * import { DbPool } from "effect-dbpool"
+ *
+ * const PoolsLive = DbPool.layerConfig()
+ * ```
+ *
+ * @since 0.1.0
+ */
+export const layerConfig = (): Layer.Layer<WritePool | ReadPool, C.ConfigError> =>
+  Layer.effectContext(Effect.flatMap(fromEnv(""), (config) => build("default", WritePool, ReadPool, config)))
+
+/**
+ * A further pair of pools with service keys of its own.
+ *
+ * @since 0.1.0
+ */
+export interface NamedPools<Name extends string> {
+  readonly name: Name
+  readonly Write: Context.Service<NamedWritePool<Name>, WritePoolService>
+  readonly Read: Context.Service<NamedReadPool<Name>, InteractionPool>
+  /** The pair from settings. */
+  readonly layer: (config: Config) => Layer.Layer<NamedWritePool<Name> | NamedReadPool<Name>>
+  /** The pair from the environment, every variable prefixed with the upper-cased name: `ANALYTICS_DATABASE_URL`, … */
+  readonly layerConfig: () => Layer.Layer<NamedWritePool<Name> | NamedReadPool<Name>, C.ConfigError>
+}
+
+/** The service identifier of a named write pool. @since 0.1.0 */
+export interface NamedWritePool<Name extends string> {
+  readonly _: unique symbol
+  readonly name: Name
+  readonly kind: "write"
+}
+
+/** The service identifier of a named read pool. @since 0.1.0 */
+export interface NamedReadPool<Name extends string> {
+  readonly _: unique symbol
+  readonly name: Name
+  readonly kind: "read"
+}
+
+/**
+ * Declares a named pair of pools, e.g. an analytics database next to the
+ * main one. Declare each name once, at module level.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Redacted } from "effect"
+ * import { DbPool, sql } from "effect-dbpool"
+ *
+ * const Analytics = DbPool.named("analytics")
+ *
+ * const report = Effect.gen(function*() {
+ *   const pool = yield* Analytics.Read
+ *   return yield* pool.run(sql`SELECT count(*) FROM events`)
+ * }).pipe(Effect.provide(Analytics.layer({ url: Redacted.make("postgres://localhost/analytics") })))
+ * ```
+ *
+ * @since 0.1.0
+ */
+export const named = <const Name extends string>(name: Name): NamedPools<Name> => {
+  const Write = Context.Service<NamedWritePool<Name>, WritePoolService>(`effect-dbpool/WritePool/${name}`)
+  const Read = Context.Service<NamedReadPool<Name>, InteractionPool>(`effect-dbpool/ReadPool/${name}`)
+  const prefix = `${name.toUpperCase().replace(/[^A-Z0-9]+/g, "_")}_`
+  return {
+    name,
+    Write,
+    Read,
+    layer: (config) => Layer.effectContext(build(name, Write, Read, config)),
+    layerConfig: () => Layer.effectContext(Effect.flatMap(fromEnv(prefix), (config) => build(name, Write, Read, config)))
+  }
+}

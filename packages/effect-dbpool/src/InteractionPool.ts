@@ -1,0 +1,54 @@
+/**
+ * What every pool offers — the write pool and the read pool alike.
+ *
+ * @since 0.1.0
+ */
+import type { Effect } from "effect"
+import type { Connection, Run, TransactionOptions } from "./Connection.ts"
+import type { DbError } from "./DbError.ts"
+
+/**
+ * A snapshot of a pool: connections idle and in use, callers waiting, bounds.
+ *
+ * @since 0.1.0
+ */
+export interface PoolStats {
+  readonly pool: string
+  readonly idle: number
+  readonly used: number
+  readonly pending: number
+  readonly min: number
+  readonly max: number
+}
+
+/**
+ * Runs interactions on pooled connections.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { ReadPool, sql } from "effect-dbpool"
+ *
+ * const count = Effect.gen(function*() {
+ *   const pool = yield* ReadPool
+ *   const [row] = yield* pool.run(sql`SELECT count(*)::int AS n FROM test_values`)
+ *   return row?.["n"]
+ * })
+ * ```
+ *
+ * @since 0.1.0
+ */
+export interface InteractionPool {
+  /** The pool's name (`"default"` unless declared with `DbPool.named`) and kind, e.g. `"default/write"`. */
+  readonly name: string
+  /** Runs one statement on a connection taken for just that statement. */
+  readonly run: Run
+  /** Runs a function interaction: several statements on one connection, outside a transaction. */
+  readonly interaction: <A, E, R>(f: (connection: Connection) => Effect.Effect<A, E, R>) => Effect.Effect<A, E | DbError, R>
+  /** Runs `f` in a transaction: commit on success, rollback on failure and on interruption. */
+  readonly transaction: <A, E, R>(
+    f: (connection: Connection) => Effect.Effect<A, E, R>,
+    options?: TransactionOptions
+  ) => Effect.Effect<A, E | DbError, R>
+  readonly stats: Effect.Effect<PoolStats>
+}

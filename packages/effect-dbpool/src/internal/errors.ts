@@ -1,0 +1,150 @@
+import * as DbError from "../DbError.ts"
+
+const classNames: Record<string, string> = {
+  "00": "Successful Completion",
+  "01": "Warning",
+  "02": "No Data",
+  "03": "SQL Statement Not Yet Complete",
+  "08": "Connection Exception",
+  "09": "Triggered Action Exception",
+  "0A": "Feature Not Supported",
+  "0B": "Invalid Transaction Initiation",
+  "0F": "Locator Exception",
+  "0L": "Invalid Grantor",
+  "0P": "Invalid Role Specification",
+  "0Z": "Diagnostics Exception",
+  "20": "Case Not Found",
+  "21": "Cardinality Violation",
+  "22": "Data Exception",
+  "23": "Integrity Constraint Violation",
+  "24": "Invalid Cursor State",
+  "25": "Invalid Transaction State",
+  "26": "Invalid SQL Statement Name",
+  "27": "Triggered Data Change Violation",
+  "28": "Invalid Authorization Specification",
+  "2B": "Dependent Privilege Descriptors Still Exist",
+  "2D": "Invalid Transaction Termination",
+  "2F": "SQL Routine Exception",
+  "34": "Invalid Cursor Name",
+  "38": "External Routine Exception",
+  "39": "External Routine Invocation Exception",
+  "3B": "Savepoint Exception",
+  "3D": "Invalid Catalog Name",
+  "3F": "Invalid Schema Name",
+  "40": "Transaction Rollback",
+  "42": "Syntax Error or Access Rule Violation",
+  "44": "WITH CHECK OPTION Violation",
+  "53": "Insufficient Resources",
+  "54": "Program Limit Exceeded",
+  "55": "Object Not In Prerequisite State",
+  "57": "Operator Intervention",
+  "58": "System Error",
+  "72": "Snapshot Failure",
+  F0: "Configuration File Error",
+  HV: "Foreign Data Wrapper Error",
+  P0: "PL/pgSQL Error",
+  XX: "Internal Error"
+}
+
+/** `"23505"` → `"23 Integrity Constraint Violation"`. */
+export const sqlStateClass = (sqlState: string): string => {
+  const cls = sqlState.slice(0, 2)
+  return `${cls} ${classNames[cls] ?? "Unknown Class"}`
+}
+
+/** The fields postgres.js puts on a `PostgresError` (typed loosely: errors arrive as `unknown`). */
+interface DriverError {
+  readonly message?: unknown
+  readonly code?: unknown
+  readonly detail?: unknown
+  readonly hint?: unknown
+  readonly constraint_name?: unknown
+  readonly table_name?: unknown
+  readonly column_name?: unknown
+  readonly severity?: unknown
+}
+
+const str = (u: unknown): string | undefined => (typeof u === "string" && u.length > 0 ? u : undefined)
+
+const connectionCodes = new Set([
+  "CONNECTION_CLOSED",
+  "CONNECTION_ENDED",
+  "CONNECTION_DESTROYED",
+  "CONNECT_TIMEOUT",
+  "ECONNRESET",
+  "EPIPE",
+  "ETIMEDOUT"
+])
+
+/** SQLSTATEs after which the connection is unusable. */
+export const isFatalSqlState = (code: string): boolean =>
+  code.startsWith("08") || code === "57P01" || code === "57P02" || code === "57P03"
+
+/** Is this driver failure a dead connection (as opposed to a statement error)? */
+export const isConnectionFailure = (u: unknown): boolean => {
+  if (typeof u !== "object" || u === null) return false
+  const code = str((u as DriverError).code)
+  return code !== undefined && (connectionCodes.has(code) || isFatalSqlState(code))
+}
+
+/**
+ * Turns whatever postgres.js rejected with into a tagged error. The driver's
+ * own messages for connection errors name `host:port` only; passwords never
+ * reach them.
+ */
+export const fromDriver = (u: unknown, statement: string | undefined): DbError.DbError => {
+  const e: DriverError = typeof u === "object" && u !== null ? u : {}
+  const message = str(e.message) ?? String(u)
+  const code = str(e.code)
+  if (code === undefined || !/^[0-9A-Z]{5}$/.test(code)) {
+    if (isConnectionFailure(u)) {
+      return new DbError.ConnectionLost({ message: `connection lost: ${message}`, sqlState: code, statement })
+    }
+    return new DbError.DatabaseError({
+      message,
+      sqlState: "XX000",
+      sqlStateClass: sqlStateClass("XX000"),
+      statement
+    })
+  }
+  const fields: DbError.ServerErrorFields = {
+    message,
+    sqlState: code,
+    sqlStateClass: sqlStateClass(code),
+    detail: str(e.detail),
+    hint: str(e.hint),
+    constraint: str(e.constraint_name),
+    table: str(e.table_name),
+    column: str(e.column_name),
+    statement
+  }
+  if (isFatalSqlState(code)) {
+    return new DbError.ConnectionLost({ message: `connection lost: ${message}`, sqlState: code, sqlStateClass: fields.sqlStateClass, statement })
+  }
+  switch (code) {
+    case "23505":
+      return new DbError.UniqueViolation(fields)
+    case "23503":
+      return new DbError.ForeignKeyViolation(fields)
+    case "23514":
+      return new DbError.CheckViolation(fields)
+    case "23502":
+      return new DbError.NotNullViolation(fields)
+    case "40001":
+      return new DbError.SerializationFailure(fields)
+    case "40P01":
+      return new DbError.Deadlock(fields)
+    case "55P03":
+      return new DbError.LockNotAvailable(fields)
+    case "57014":
+      return new DbError.StatementTimeout(fields)
+    case "25006":
+      return new DbError.ReadOnlyTransaction(fields)
+    case "42601":
+      return new DbError.SyntaxError(fields)
+    case "25P02":
+      return new DbError.TransactionAborted(fields)
+    default:
+      return new DbError.DatabaseError(fields)
+  }
+}

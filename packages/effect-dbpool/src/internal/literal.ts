@@ -1,0 +1,112 @@
+/**
+ * Postgres literals for dry runs. Each literal has the type the server would
+ * give the bound parameter: values postgres.js sends untyped (text, numbers,
+ * arrays of those) become untyped quoted literals or plain numbers, values it
+ * sends typed (bigint, boolean, Date, bytes, JSON) get the same type here.
+ */
+
+/** A JSON value wrapped by `sql.json`, sent as `jsonb`. */
+export class Json {
+  readonly value: unknown
+  constructor(value: unknown) {
+    this.value = value
+  }
+}
+
+const needsEscapeString = /[\\\u0000-\u001f]/
+
+/** A SQL string literal; backslashes and control characters use the `E''` form so that no setting of `standard_conforming_strings` changes its meaning. */
+export const quoteString = (s: string): string => {
+  if (!needsEscapeString.test(s)) return `'${s.replaceAll("'", "''")}'`
+  let out = "E'"
+  for (const ch of s) {
+    if (ch === "\\") out += "\\\\"
+    else if (ch === "'") out += "''"
+    else if (ch < " ") out += `\\${ch.charCodeAt(0).toString(8).padStart(3, "0")}`
+    else out += ch
+  }
+  return out + "'"
+}
+
+/** A quoted identifier; a NUL byte cannot be part of one. */
+export const quoteIdentifier = (name: string): string => {
+  if (name.length === 0 || name.includes("\u0000")) {
+    throw new RangeError("an identifier must be a non-empty string without NUL bytes")
+  }
+  return `"${name.replaceAll("\"", "\"\"")}"`
+}
+
+const isPlainObject = (u: unknown): u is object =>
+  typeof u === "object" && u !== null && (Object.getPrototypeOf(u) === Object.prototype || Object.getPrototypeOf(u) === null)
+
+export const isJsonObject = isPlainObject
+
+const numberText = (n: number): string => {
+  if (Number.isNaN(n)) return "'NaN'"
+  if (n === Infinity) return "'Infinity'"
+  if (n === -Infinity) return "'-Infinity'"
+  // Parentheses keep `1-${-1}` from turning into a `--` comment.
+  return n < 0 || Object.is(n, -0) ? `(${String(n)})` : String(n)
+}
+
+const hex = (bytes: Uint8Array): string => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("hex")
+
+/** The element of a Postgres array literal, e.g. `"a b"` or `NULL`. */
+const arrayElement = (u: unknown): string => {
+  if (u === null || u === undefined) return "NULL"
+  if (Array.isArray(u)) return `{${u.map(arrayElement).join(",")}}`
+  if (typeof u === "number" || typeof u === "bigint" || typeof u === "boolean") return String(u)
+  const text = u instanceof Date
+    ? (Number.isNaN(u.getTime()) ? "invalid" : u.toISOString())
+    : u instanceof Uint8Array
+    ? `\\x${hex(u)}`
+    : isPlainObject(u) || u instanceof Json
+    ? JSON.stringify(u instanceof Json ? u.value : u)
+    : String(u)
+  return `"${text.replaceAll("\\", "\\\\").replaceAll("\"", "\\\"")}"`
+}
+
+const firstScalar = (u: ReadonlyArray<unknown>): unknown => {
+  for (const x of u) {
+    if (Array.isArray(x)) {
+      const inner = firstScalar(x)
+      if (inner !== undefined) return inner
+    } else if (x !== null && x !== undefined) {
+      return x
+    }
+  }
+  return undefined
+}
+
+/** The array cast postgres.js implies by the first element's type. */
+const arrayCast = (sample: unknown): string =>
+  typeof sample === "bigint"
+    ? "::int8[]"
+    : typeof sample === "boolean"
+    ? "::bool[]"
+    : sample instanceof Date
+    ? "::timestamptz[]"
+    : sample instanceof Uint8Array
+    ? "::bytea[]"
+    : ""
+
+/** Renders one parameter value as the literal the server would read it as. */
+export const literal = (u: unknown): string => {
+  if (u === null || u === undefined) return "NULL"
+  switch (typeof u) {
+    case "string":
+      return quoteString(u)
+    case "number":
+      return numberText(u)
+    case "bigint":
+      return `'${u.toString()}'::int8`
+    case "boolean":
+      return u ? "TRUE" : "FALSE"
+  }
+  if (u instanceof Date) return `${quoteString(Number.isNaN(u.getTime()) ? "invalid" : u.toISOString())}::timestamptz`
+  if (u instanceof Uint8Array) return `${quoteString(`\\x${hex(u)}`)}::bytea`
+  if (u instanceof Json) return `${quoteString(JSON.stringify(u.value))}::jsonb`
+  if (Array.isArray(u)) return `${quoteString(`{${u.map(arrayElement).join(",")}}`)}${arrayCast(firstScalar(u))}`
+  if (isPlainObject(u)) return `${quoteString(JSON.stringify(u))}::jsonb`
+  return quoteString(String(u))
+}

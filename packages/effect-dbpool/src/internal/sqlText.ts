@@ -1,0 +1,100 @@
+/**
+ * A small lexer for Postgres SQL text: it finds `$n` placeholders while
+ * skipping string literals (standard, `E''`, dollar-quoted), quoted
+ * identifiers and comments, so that placeholders can be renumbered or
+ * replaced by literals without touching text that only looks like one.
+ */
+
+const isIdentChar = (c: string | undefined): boolean => c !== undefined && /[A-Za-z0-9_$\u0080-\uffff]/.test(c)
+
+/** Calls `f` for every `$n` placeholder and splices in what it returns. */
+export const mapPlaceholders = (text: string, f: (n: number) => string): string => {
+  let out = ""
+  let i = 0
+  let copied = 0
+  const len = text.length
+  while (i < len) {
+    const c = text[i]
+    if (c === "'") {
+      const prev = text[i - 1]
+      const escapes = (prev === "E" || prev === "e") && !isIdentChar(text[i - 2])
+      i++
+      while (i < len) {
+        if (escapes && text[i] === "\\") {
+          i += 2
+        } else if (text[i] === "'") {
+          if (text[i + 1] === "'") i += 2
+          else break
+        } else {
+          i++
+        }
+      }
+      i++
+    } else if (c === "\"") {
+      i = text.indexOf("\"", i + 1)
+      while (i !== -1 && text[i + 1] === "\"") i = text.indexOf("\"", i + 2)
+      i = i === -1 ? len : i + 1
+    } else if (c === "-" && text[i + 1] === "-") {
+      const eol = text.indexOf("\n", i)
+      i = eol === -1 ? len : eol + 1
+    } else if (c === "/" && text[i + 1] === "*") {
+      let depth = 1
+      i += 2
+      while (i < len && depth > 0) {
+        if (text[i] === "/" && text[i + 1] === "*") {
+          depth++
+          i += 2
+        } else if (text[i] === "*" && text[i + 1] === "/") {
+          depth--
+          i += 2
+        } else {
+          i++
+        }
+      }
+    } else if (c === "$" && !isIdentChar(text[i - 1])) {
+      const digits = /^\$([0-9]+)/.exec(text.slice(i, i + 12))
+      if (digits !== null) {
+        out += text.slice(copied, i) + f(Number(digits[1]))
+        i += digits[0].length
+        copied = i
+        continue
+      }
+      const tag = /^\$([A-Za-z_][A-Za-z0-9_]*)?\$/.exec(text.slice(i, i + 64))
+      if (tag !== null) {
+        const end = text.indexOf(tag[0], i + tag[0].length)
+        i = end === -1 ? len : end + tag[0].length
+      } else {
+        i++
+      }
+    } else {
+      i++
+    }
+  }
+  return copied === 0 ? text : out + text.slice(copied)
+}
+
+const transactionControl = /^(?:begin|start|commit|end|rollback|abort|savepoint|release|prepare\s+transaction)\b/i
+
+/** Skips leading whitespace and comments. */
+const firstWordAt = (text: string): string => {
+  let i = 0
+  for (;;) {
+    while (i < text.length && /\s|;|\(/.test(text[i]!)) i++
+    if (text.startsWith("--", i)) {
+      const eol = text.indexOf("\n", i)
+      i = eol === -1 ? text.length : eol + 1
+    } else if (text.startsWith("/*", i)) {
+      const end = text.indexOf("*/", i + 2)
+      i = end === -1 ? text.length : end + 2
+    } else {
+      return text.slice(i, i + 32)
+    }
+  }
+}
+
+/**
+ * Is this a statement that opens or closes a transaction? Those must go
+ * through the transaction API, which keeps track of the connection's state;
+ * a raw `BEGIN` would hand a connection back to the pool inside a transaction.
+ */
+export const isTransactionControl = (text: string): boolean => transactionControl.test(firstWordAt(text))
