@@ -144,20 +144,32 @@ export const join = (items: ReadonlyArray<unknown>, separator = ", "): Statement
 export const id = (...names: ReadonlyArray<string>): Statement => make(names.map(quoteIdentifier).join("."), [])
 
 /**
- * A parenthesised list of parameters for `IN`. An empty list is an empty
- * subquery, so `x IN ()` matches nothing and `x NOT IN ()` matches everything.
+ * A parenthesised list of parameters for `IN`.
+ *
+ * `IN ()` is not SQL, so an empty list is an empty subquery: `x IN` it
+ * matches nothing and `x NOT IN` it matches everything. Its one column
+ * must have a type `x` can be compared with; without `type` it is `text`
+ * (what Postgres makes of an untyped `NULL`), which suits text columns and
+ * parameters. For other columns name the element type: it types the empty
+ * subquery and casts every element of a non-empty list.
  *
  * @example
  * ```ts
  * import { sql } from "effect-dbpool"
  *
  * sql`SELECT * FROM test_values WHERE id IN ${sql.in([1, 2, 3])}`
+ * // an empty list of ids matches no row (`id NOT IN` it: every row)
+ * sql`SELECT * FROM test_values WHERE id IN ${sql.in([], "int4")}`
  * ```
  *
  * @since 0.1.0
  */
-export const inList = (values: ReadonlyArray<Value>): Statement =>
-  values.length === 0 ? make("(SELECT NULL WHERE FALSE)", []) : template`(${join(values)})`
+export const inList = (values: ReadonlyArray<Value>, type?: string): Statement => {
+  // The type is trusted SQL text, like the text of `Statement.text`.
+  const cast = type === undefined ? undefined : make(`::${type}`, [])
+  if (values.length === 0) return make(`(SELECT NULL${cast?.text ?? ""} WHERE FALSE)`, [])
+  return template`(${join(cast === undefined ? values : values.map((value) => template`${value}${cast}`))})`
+}
 
 /**
  * Marks a value to be sent as `jsonb`, for JSON arrays and scalars (plain

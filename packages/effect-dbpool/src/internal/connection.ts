@@ -11,7 +11,8 @@ import type { Connection, Row, TransactionOptions } from "../Connection.ts"
 import * as DbError from "../DbError.ts"
 import type { Statement, Value } from "../Statement.ts"
 import { fromDriver, isConnectionFailure, sqlStateClass } from "./errors.ts"
-import { isJsonObject, Json } from "./literal.ts"
+import { arrayText, arrayTypeOid, isJsonObject, Json } from "./literal.ts"
+import { arrayTypesQuery, installArrayParsers } from "./arrays.ts"
 import { isTransactionControl } from "./sqlText.ts"
 
 /** How to open connections; derived from the pool's config. */
@@ -78,6 +79,7 @@ export const open = (options: ConnectOptions): Effect.Effect<Conn, DbError.DbErr
         max_lifetime: null,
         connect_timeout: Math.max(1, Math.ceil(options.connectTimeoutMillis / 1000)),
         prepare: true,
+        fetch_types: false,
         onnotice: () => {},
         onclose: () => {
           if (conn !== undefined) conn.dead = true
@@ -90,14 +92,21 @@ export const open = (options: ConnectOptions): Effect.Effect<Conn, DbError.DbErr
       conn = new Conn(sql, options.server, expiresAt)
       const c = conn
       return Effect.tryPromise({
-        try: () => sql`SELECT pg_backend_pid() AS pid`,
+        try: () => sql.unsafe(`SELECT pg_backend_pid() AS pid, ${arrayTypesQuery} AS array_types`),
         catch: (cause) => connectFailed(options.server, cause)
       }).pipe(
         Effect.map((rows) => {
           c.pid = Number(rows[0]?.["pid"])
+          installArrayParsers(sql, rows[0]?.["array_types"])
           return c
         }),
-        Effect.onError(() => close(c))
+        Effect.onError(() =>
+          Effect.suspend(() => {
+            // Nothing to end gracefully: without this, end() would wait its full timeout for a connection that never was.
+            c.dead = true
+            return close(c)
+          })
+        )
       )
     }),
     close
@@ -110,11 +119,15 @@ export const close = (conn: Conn): Effect.Effect<void> =>
     Effect.ignore
   )
 
+const jsonNull = { toJSON: () => null }
+
 const toDriverValue = (conn: Conn, value: unknown): unknown => {
   if (value === undefined) return null
-  if (value instanceof Json) return conn.sql.json(value.value as postgres.JSONValue) // Json holds any JSON-encodable value
+  // Json holds any JSON-encodable value; a JSON null must not become SQL NULL, so it is sent as an object serialising to null.
+  if (value instanceof Json) return conn.sql.json((value.value === null ? jsonNull : value.value) as postgres.JSONValue)
   if (value instanceof Date && Number.isNaN(value.getTime())) throw new RangeError("an invalid Date cannot be sent")
-  if (Array.isArray(value)) return value.map((v) => (v === undefined ? null : v))
+  // Arrays are sent as array literals, typed like the dry run types them (the driver would name the element type).
+  if (Array.isArray(value)) return conn.sql.typed(arrayText(value), arrayTypeOid(value))
   if (isJsonObject(value)) return conn.sql.json(value as postgres.JSONValue) // a plain object is JSON by definition of isJsonObject
   const type = typeof value
   if (type === "function" || type === "symbol") throw new TypeError(`a ${type} cannot be sent as a parameter`)
@@ -155,7 +168,9 @@ export const execute = (
     if (conn.dead) return Effect.fail(lost(conn, text))
     return Effect.flatMap(toDriverParams(conn, params), (driverParams) =>
       Effect.callback<postgres.RowList<Array<postgres.Row>>, DbError.DbError>((resume) => {
-        const query = conn.sql.unsafe(text, driverParams, { prepare: true })
+        // simple: false keeps the extended protocol even without parameters, so text holds one statement only
+        // (a smuggled "; BEGIN" is a syntax error); the option exists at run time but not in the driver's typings.
+        const query = conn.sql.unsafe(text, driverParams, { prepare: true, simple: false } as postgres.UnsafeQueryOptions)
         const outcome: Promise<Outcome> = query.then(
           (rows) => ({ ok: true, rows }),
           (error: unknown) => {
@@ -200,7 +215,8 @@ const decodeRows = <S extends Schema.Top>(schema: S, statement: string) => {
 /** Runs a user statement, optionally decoding its rows. */
 export const run = (conn: Conn, statement: Statement, schema?: Schema.Top): Effect.Effect<ReadonlyArray<unknown>, DbError.DbError | DbError.RowDecodeError, unknown> => {
   if (isTransactionControl(statement.text)) return Effect.fail(transactionControlRefused)
-  const rows = execute(conn, statement.text, statement.params)
+  // Plain arrays of plain objects: the driver's RowList carries extra fields users should not depend on.
+  const rows = Effect.map(execute(conn, statement.text, statement.params), (result) => Array.from(result))
   return schema === undefined ? rows : Effect.flatMap(rows, decodeRows(schema, statement.text))
 }
 
@@ -291,14 +307,25 @@ export const transaction = <A, E, R>(
       conn.txDepth++
       const exit = yield* Effect.exit(restore(f(handle(conn))))
       conn.txDepth--
+      const undo = execute(conn, `ROLLBACK TO SAVEPOINT ${name}`, []).pipe(
+        Effect.tap(() => Effect.sync(() => { conn.failed = false })),
+        Effect.ignore
+      )
       if (exit._tag === "Failure") {
-        yield* execute(conn, `ROLLBACK TO SAVEPOINT ${name}`, []).pipe(
-          Effect.tap(() => Effect.sync(() => { conn.failed = false })),
-          Effect.ignore
-        )
+        yield* undo
         return yield* exit
       }
-      yield* execute(conn, `RELEASE SAVEPOINT ${name}`, [])
+      if (conn.failed) {
+        // A statement of f failed and f caught it (SAVEPOINT succeeded, so the failure is f's): RELEASE would
+        // fail and leave the outer transaction aborted. Roll the savepoint back and say so, as commit does.
+        yield* undo
+        return yield* new DbError.TransactionAborted({
+          message: "the savepoint was rolled back instead of released: one of its statements had failed",
+          sqlState: "25P02",
+          sqlStateClass: sqlStateClass("25P02")
+        })
+      }
+      yield* Effect.onError(execute(conn, `RELEASE SAVEPOINT ${name}`, []), () => undo)
       return exit.value
     })
   )

@@ -61,6 +61,7 @@ interface DriverError {
   readonly constraint_name?: unknown
   readonly table_name?: unknown
   readonly column_name?: unknown
+  /** The non-localized severity (`ERROR`, `FATAL`, `PANIC`). */
   readonly severity?: unknown
 }
 
@@ -80,11 +81,20 @@ const connectionCodes = new Set([
 export const isFatalSqlState = (code: string): boolean =>
   code.startsWith("08") || code === "57P01" || code === "57P02" || code === "57P03"
 
+/**
+ * Did the server end the session with this error? An error reported with
+ * severity `ERROR` ends only the statement, whatever its SQLSTATE: e.g. a
+ * bind message with the wrong number of parameters is a protocol violation
+ * (08P01) after which the session goes on.
+ */
+const endsSession = (e: DriverError, code: string): boolean => str(e.severity) !== "ERROR" && isFatalSqlState(code)
+
 /** Is this driver failure a dead connection (as opposed to a statement error)? */
 export const isConnectionFailure = (u: unknown): boolean => {
   if (typeof u !== "object" || u === null) return false
-  const code = str((u as DriverError).code)
-  return code !== undefined && (connectionCodes.has(code) || isFatalSqlState(code))
+  const e: DriverError = u
+  const code = str(e.code)
+  return code !== undefined && (connectionCodes.has(code) || endsSession(e, code))
 }
 
 /**
@@ -118,7 +128,7 @@ export const fromDriver = (u: unknown, statement: string | undefined): DbError.D
     column: str(e.column_name),
     statement
   }
-  if (isFatalSqlState(code)) {
+  if (endsSession(e, code)) {
     return new DbError.ConnectionLost({ message: `connection lost: ${message}`, sqlState: code, sqlStateClass: fields.sqlStateClass, statement })
   }
   switch (code) {

@@ -78,17 +78,41 @@ const firstScalar = (u: ReadonlyArray<unknown>): unknown => {
   return undefined
 }
 
-/** The array cast postgres.js implies by the first element's type. */
-const arrayCast = (sample: unknown): string =>
-  typeof sample === "bigint"
-    ? "::int8[]"
+/**
+ * The element type (oid) of an array whose first non-null scalar is one
+ * postgres.js sends typed: bigint, boolean, Date, bytes. Other arrays are
+ * sent untyped and take the type the server infers.
+ */
+export const typedArrayElementOid = (u: ReadonlyArray<unknown>): number | undefined => {
+  const sample = firstScalar(u)
+  return typeof sample === "bigint"
+    ? 20
     : typeof sample === "boolean"
-    ? "::bool[]"
+    ? 16
     : sample instanceof Date
-    ? "::timestamptz[]"
+    ? 1184
     : sample instanceof Uint8Array
-    ? "::bytea[]"
-    : ""
+    ? 17
+    : undefined
+}
+
+const arrayTypeNames: Record<number, string> = { 20: "int8[]", 16: "bool[]", 1184: "timestamptz[]", 17: "bytea[]" }
+const arrayTypeOids: Record<number, number> = { 20: 1016, 16: 1000, 1184: 1185, 17: 1001 }
+
+/** The array type (oid) a bound array is sent with; 0 (untyped, the server infers it) for text and numbers. */
+export const arrayTypeOid = (u: ReadonlyArray<unknown>): number => {
+  const element = typedArrayElementOid(u)
+  return element === undefined ? 0 : arrayTypeOids[element] ?? 0
+}
+
+/** The Postgres array literal of a JS array, e.g. `{1,NULL,"a b"}`: what is sent as the parameter, and quoted for a dry run. */
+export const arrayText = (u: ReadonlyArray<unknown>): string => `{${u.map(arrayElement).join(",")}}`
+
+/** The array cast for the type a bound array has (see {@link typedArrayElementOid}). */
+const arrayCast = (u: ReadonlyArray<unknown>): string => {
+  const oid = typedArrayElementOid(u)
+  return oid === undefined ? "" : `::${arrayTypeNames[oid]}`
+}
 
 /** Renders one parameter value as the literal the server would read it as. */
 export const literal = (u: unknown): string => {
@@ -106,7 +130,7 @@ export const literal = (u: unknown): string => {
   if (u instanceof Date) return `${quoteString(Number.isNaN(u.getTime()) ? "invalid" : u.toISOString())}::timestamptz`
   if (u instanceof Uint8Array) return `${quoteString(`\\x${hex(u)}`)}::bytea`
   if (u instanceof Json) return `${quoteString(JSON.stringify(u.value))}::jsonb`
-  if (Array.isArray(u)) return `${quoteString(`{${u.map(arrayElement).join(",")}}`)}${arrayCast(firstScalar(u))}`
+  if (Array.isArray(u)) return `${quoteString(arrayText(u))}${arrayCast(u)}`
   if (isPlainObject(u)) return `${quoteString(JSON.stringify(u))}::jsonb`
   return quoteString(String(u))
 }

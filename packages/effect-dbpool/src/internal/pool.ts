@@ -134,12 +134,25 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
           pid: conn.pid,
           // The overloads of PartialTransaction["run"] are implemented by this one signature.
           run: ((statement: Statement, schema?: Schema.Top) => step(Conn.run(conn, statement, schema))) as PartialTransaction["run"],
-          interaction: <A, E, R>(f: (connection: Connection) => Effect.Effect<A, E, R>) => step(f(Conn.handle(conn))),
+          interaction: <A, E, R>(f: (connection: Connection) => Effect.Effect<A, E, R>) =>
+            step(Effect.suspend(() => f(Conn.handle(conn)))),
           commit: finish("committed", Conn.commit(conn)),
           rollback: finish("rolled back", Conn.rollback(conn))
         }
         return partial
       })
+
+    /** The read pool runs read-only transactions only: asking it for a read-write one gets a read-only one. */
+    const transactionOptions = (options: TransactionOptions | undefined): TransactionOptions | undefined =>
+      settings.readOnly && options?.readOnly === false ? { ...options, readOnly: true } : options
+
+    /** The handle a function interaction receives; on the read pool its transactions are read-only too. */
+    const interactionHandle = (conn: Conn.Conn): Connection => {
+      const connection = Conn.handle(conn)
+      return settings.readOnly
+        ? { ...connection, transaction: (f, options) => connection.transaction(f, transactionOptions(options)) }
+        : connection
+    }
 
     yield* Effect.logInfo("effect-dbpool: pool started").pipe(
       Effect.annotateLogs({
@@ -155,8 +168,9 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
       name: settings.name,
       // The overloads of InteractionPool["run"] are implemented by this one signature.
       run: run as InteractionPool["run"],
-      interaction: (f) => withConnection("function", (conn) => f(Conn.handle(conn))),
-      transaction: (f, options) => withConnection("transaction", (conn) => Conn.transaction(conn, f, options)),
+      interaction: (f) => withConnection("function", (conn) => f(interactionHandle(conn))),
+      transaction: (f, options) =>
+        withConnection("transaction", (conn) => Conn.transaction(conn, f, transactionOptions(options))),
       stats,
       partialTransaction
     }
