@@ -1,6 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Schema } from "effect"
-import { sql, Statement, WritePool } from "effect-dbpool"
+import { ReadPool, sql, Statement, WritePool } from "effect-dbpool"
 import { harness } from "./support.ts"
 
 const h = harness("interactions")
@@ -49,4 +49,25 @@ describe("interactions", () => {
       assert.strictEqual(pids.total, 3)
       assert.strictEqual(pids.pid, pids.handle)
     }).pipe(Effect.provide(h.pools())))
+
+  it.live("session settings made with SET do not outlive the interaction that made them", () =>
+    Effect.gen(function*() {
+      const pool = yield* WritePool
+      const readPool = yield* ReadPool
+      const inside = yield* pool.interaction((conn) =>
+        Effect.gen(function*() {
+          yield* conn.run(sql`SET statement_timeout = 4321`)
+          return yield* conn.run(sql`SHOW statement_timeout`)
+        })
+      )
+      assert.deepStrictEqual(inside, [{ statement_timeout: "4321ms" }])
+      const pidBefore = yield* pool.run(sql`SELECT pg_backend_pid() AS pid`)
+      assert.deepStrictEqual(yield* pool.run(sql`SHOW statement_timeout`), [{ statement_timeout: "0" }])
+      // Same connection (maxSize 1): reset, not replaced.
+      assert.deepStrictEqual(yield* pool.run(sql`SELECT pg_backend_pid() AS pid`), pidBefore)
+      // The read pool's read-only default comes back too.
+      yield* readPool.run(sql`SET default_transaction_read_only = off`)
+      const refused = yield* Effect.flip(readPool.run(sql`CREATE TEMP TABLE t_after_reset (x int)`))
+      assert.strictEqual(refused._tag, "ReadOnlyTransaction")
+    }).pipe(Effect.provide(h.pools({ maxSize: 1 }))))
 })

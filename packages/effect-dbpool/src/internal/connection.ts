@@ -13,7 +13,7 @@ import type { Statement, Value } from "../Statement.ts"
 import { fromDriver, isConnectionFailure, sqlStateClass } from "./errors.ts"
 import { arrayText, arrayTypeOid, isJsonObject, Json } from "./literal.ts"
 import { arrayTypesQuery, installArrayParsers } from "./arrays.ts"
-import { isTransactionControl } from "./sqlText.ts"
+import { changesSession, isTransactionControl } from "./sqlText.ts"
 
 /** How to open connections; derived from the pool's config. */
 export interface ConnectOptions {
@@ -36,6 +36,8 @@ export class Conn {
   txDepth = 0
   /** A statement failed inside the current transaction: the server ignores the rest until rollback. */
   failed = false
+  /** A `SET` (without `LOCAL`) ran: settings are reset before the connection is reused. */
+  sessionChanged = false
   pid = 0
   readonly sql: postgres.Sql
   readonly server: string
@@ -215,6 +217,7 @@ const decodeRows = <S extends Schema.Top>(schema: S, statement: string) => {
 /** Runs a user statement, optionally decoding its rows. */
 export const run = (conn: Conn, statement: Statement, schema?: Schema.Top): Effect.Effect<ReadonlyArray<unknown>, DbError.DbError | DbError.RowDecodeError, unknown> => {
   if (isTransactionControl(statement.text)) return Effect.fail(transactionControlRefused)
+  if (changesSession(statement.text)) conn.sessionChanged = true
   // Plain arrays of plain objects: the driver's RowList carries extra fields users should not depend on.
   const rows = Effect.map(execute(conn, statement.text, statement.params), (result) => Array.from(result))
   return schema === undefined ? rows : Effect.flatMap(rows, decodeRows(schema, statement.text))
@@ -260,6 +263,20 @@ export const commit = (conn: Conn): Effect.Effect<void, DbError.DbError> =>
       )
     )
   })
+
+/** Undoes session settings (back to the connection's startup values); a connection that cannot is marked dead. */
+export const resetSession = (conn: Conn): Effect.Effect<void> =>
+  execute(conn, "RESET ALL", []).pipe(
+    Effect.timeout(cancelGraceMillis),
+    Effect.matchCause({
+      onFailure: () => {
+        conn.dead = true
+      },
+      onSuccess: () => {
+        conn.sessionChanged = false
+      }
+    })
+  )
 
 /** Rolls back; a connection that cannot roll back is marked dead so the pool discards it. */
 export const rollback = (conn: Conn): Effect.Effect<void> =>

@@ -83,7 +83,11 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
     const checkIn = (conn: Conn.Conn): Effect.Effect<void> =>
       Effect.andThen(
         conn.txDepth > 0 && !conn.dead ? Conn.rollback(conn) : Effect.void,
-        Effect.suspend(() => (isReusable(conn) ? Effect.void : Pool.invalidate(pool, conn)))
+        Effect.suspend(() =>
+          isReusable(conn) && conn.sessionChanged
+            ? Conn.resetSession(conn)
+            : Effect.void
+        ).pipe(Effect.andThen(Effect.suspend(() => (isReusable(conn) ? Effect.void : Pool.invalidate(pool, conn)))))
       )
 
     const withConnection = <A, E, R>(

@@ -98,3 +98,12 @@ const firstWordAt = (text: string): string => {
  * a raw `BEGIN` would hand a connection back to the pool inside a transaction.
  */
 export const isTransactionControl = (text: string): boolean => transactionControl.test(firstWordAt(text))
+
+const sessionSetting = /^(?:set(?!\s+local\b)|reset|discard)\b/i
+
+/**
+ * Does this statement change session state that would outlive the
+ * interaction (`SET` without `LOCAL`, `RESET`, `DISCARD`)? Such a connection
+ * gets `RESET ALL` before it goes back to the pool.
+ */
+export const changesSession = (text: string): boolean => sessionSetting.test(firstWordAt(text))
