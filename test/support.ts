@@ -4,7 +4,7 @@
  * (pg_stat_activity, pg_locks), so tests check what Postgres sees.
  */
 import { Effect, Layer, Redacted, References } from "effect"
-import { DbPool, type ReadPool, type WritePool } from "effect-dbpool"
+import { DbPool, type Notifications, type ReadPool, type WritePool } from "effect-dbpool"
 import postgres from "postgres"
 import { afterAll, afterEach, expect, inject } from "vitest"
 
@@ -14,7 +14,7 @@ export interface Harness {
   /** The application_name of every pool connection this file opens. */
   readonly appName: string
   /** Pools on the test server; defaults suited to tests, overridable. */
-  readonly pools: (config?: Partial<DbPool.Config>) => Layer.Layer<WritePool | ReadPool>
+  readonly pools: (config?: Partial<DbPool.Config>) => Layer.Layer<WritePool | ReadPool | Notifications.Notifications>
   /** A connection outside the pool, for observing the server. */
   readonly observer: postgres.Sql
   /** Backends of this file's pools as the server sees them. */

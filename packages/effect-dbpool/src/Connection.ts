@@ -44,6 +44,37 @@ export interface Run {
 }
 
 /**
+ * Sends a notification (`pg_notify`, so any channel name works): a string
+ * payload, or a value encoded to JSON with a `Schema`. A payload of 8000
+ * bytes or more fails with `PayloadTooLarge` before reaching the server.
+ * Sent inside a transaction, it is delivered at commit and never on rollback.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Schema } from "effect"
+ * import { sql, WritePool } from "effect-dbpool"
+ *
+ * const Change = Schema.Struct({ id: Schema.Number })
+ *
+ * const program = Effect.gen(function*() {
+ *   const pool = yield* WritePool
+ *   yield* pool.transaction((conn) =>
+ *     Effect.gen(function*() {
+ *       yield* conn.run(sql`UPDATE test_values SET val1 = ${1} WHERE id = ${9}`)
+ *       yield* conn.notify("changes", { id: 9 }, Change) // delivered at commit
+ *     })
+ *   )
+ * })
+ * ```
+ *
+ * @since 0.1.0
+ */
+export interface Notify {
+  (channel: string, payload: string): Effect.Effect<void, DbError>
+  <S extends Schema.Top>(channel: string, value: S["Type"], schema: S): Effect.Effect<void, DbError, S["EncodingServices"]>
+}
+
+/**
  * Options of an outermost transaction. Nested transactions are savepoints
  * and take none.
  *
@@ -82,6 +113,7 @@ export interface Connection {
   /** The server process id of this connection's backend (`pg_backend_pid()`). */
   readonly pid: number
   readonly run: Run
+  readonly notify: Notify
   /**
    * Runs `f` in a transaction on this connection: `BEGIN … COMMIT`, or a
    * savepoint when already inside one. Failure and interruption roll back.

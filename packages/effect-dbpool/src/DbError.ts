@@ -159,6 +159,45 @@ export class RowDecodeError extends Data.TaggedError("RowDecodeError")<{
 }> {}
 
 /**
+ * A notification payload of 8000 bytes or more: Postgres refuses those, so
+ * it is refused before it is sent.
+ *
+ * @since 0.1.0
+ */
+export class PayloadTooLarge extends Data.TaggedError("PayloadTooLarge")<{
+  readonly message: string
+  readonly channel: string
+  readonly bytes: number
+  /** The largest payload Postgres accepts, in bytes (7999). */
+  readonly limit: number
+}> {}
+
+/**
+ * A notification payload that is not JSON or does not match the `Schema` a
+ * subscriber decodes with. The listening connection and other subscribers
+ * are not affected.
+ *
+ * @since 0.1.0
+ */
+export class PayloadDecodeError extends Data.TaggedError("PayloadDecodeError")<{
+  readonly message: string
+  readonly channel: string
+  readonly payload: string
+  readonly cause: unknown
+}> {}
+
+/**
+ * The listening connection could not be re-established within the
+ * reconnect policy the pool was given; subscribed streams fail with this.
+ *
+ * @since 0.1.0
+ */
+export class ListenerGaveUp extends Data.TaggedError("ListenerGaveUp")<{
+  readonly message: string
+  readonly cause: unknown
+}> {}
+
+/**
  * Every error an interaction with the database can fail with.
  *
  * @since 0.1.0
@@ -181,3 +220,12 @@ export type DbError =
   | PoolTimeout
   | PoolClosed
   | InvalidInput
+  | PayloadTooLarge
+
+/**
+ * What a notification stream can fail with (besides `PayloadDecodeError`
+ * when it decodes with a `Schema`).
+ *
+ * @since 0.1.0
+ */
+export type ListenError = PoolClosed | ListenerGaveUp | InvalidInput

@@ -1,12 +1,16 @@
 /**
- * Pools as Layers: one Layer gives a {@link WritePool} and a {@link ReadPool};
+ * Pools as Layers: one Layer gives a {@link WritePool}, a {@link ReadPool}
+ * and their {@link Notifications};
  * {@link named} declares further pairs (an analytics database next to the
  * main one). Releasing the Layer closes every connection.
  *
  * @since 0.1.0
  */
-import { Config as C, Context, Duration, Effect, Layer, Option, Redacted } from "effect"
+import { Config as C, Context, Duration, Effect, Layer, Option, Redacted, type Schedule } from "effect"
+import * as Listener from "./internal/listener.ts"
+import * as NotificationsImpl from "./internal/notifications.ts"
 import * as Pool from "./internal/pool.ts"
+import { Notifications, type NotificationsService } from "./Notifications.ts"
 import { ReadPool } from "./ReadPool.ts"
 import type { InteractionPool } from "./InteractionPool.ts"
 import { WritePool, type WritePoolService } from "./WritePool.ts"
@@ -25,6 +29,8 @@ import { WritePool, type WritePoolService } from "./WritePool.ts"
  * | `idleTimeout` | 10 minutes | `DATABASE_IDLE_TIMEOUT` |
  * | `maxLifetime` | 30 minutes (minus up to 10% jitter) | `DATABASE_MAX_LIFETIME` |
  * | `applicationName` | `effect-dbpool` | `DATABASE_APPLICATION_NAME` |
+ * | `listenReconnect` | forever, 50 ms doubling to 2 s | — |
+ * | `listenHealthCheckInterval` | 5 seconds | — |
  *
  * @since 0.1.0
  */
@@ -46,6 +52,10 @@ export interface Config {
   /** Connections older than this are retired when next returned or checked out. */
   readonly maxLifetime?: Duration.Input | undefined
   readonly applicationName?: string | undefined
+  /** When the listening connection dies: how to retry reconnecting. When it ends, notification streams fail with `ListenerGaveUp`. */
+  readonly listenReconnect?: Schedule.Schedule<unknown, unknown> | undefined
+  /** How often the listening connection is checked with a round trip, to notice a network that died silently. */
+  readonly listenHealthCheckInterval?: Duration.Input | undefined
 }
 
 /** `host:port/database` — what logs and errors may say about a server. */
@@ -77,17 +87,33 @@ const settings = (config: Config, name: string, kind: "write" | "read"): Pool.Se
   }
 }
 
-const build = (
-  name: string,
-  write: Context.Key<any, WritePoolService>,
-  read: Context.Key<any, InteractionPool>,
-  config: Config
-) =>
+interface Keys<W, R, N> {
+  readonly write: Context.Key<W, WritePoolService>
+  readonly read: Context.Key<R, InteractionPool>
+  readonly notifications: Context.Key<N, NotificationsService>
+}
+
+const build = <W, R, N>(name: string, keys: Keys<W, R, N>, config: Config) =>
   Effect.gen(function*() {
-    const w = yield* Pool.make(settings(config, name, "write"))
+    const writeSettings = settings(config, name, "write")
+    const w = yield* Pool.make(writeSettings)
     const r = yield* Pool.make(settings(config, name, "read"))
-    return Context.add(Context.make(write, w), read, r)
+    const listener = yield* Listener.make({
+      name: `${name}/listen`,
+      url: writeSettings.url,
+      server: writeSettings.server,
+      applicationName: writeSettings.applicationName,
+      connectTimeoutMillis: writeSettings.connectTimeoutMillis,
+      reconnect: config.listenReconnect ?? Listener.defaultReconnect,
+      healthCheckInterval: Duration.fromInputUnsafe(config.listenHealthCheckInterval ?? "5 seconds")
+    })
+    return Context.make(keys.write, w).pipe(
+      Context.add(keys.read, r),
+      Context.add(keys.notifications, NotificationsImpl.make(listener, w))
+    )
   })
+
+const defaultKeys: Keys<WritePool, ReadPool, Notifications> = { write: WritePool, read: ReadPool, notifications: Notifications }
 
 const fromEnv = (prefix: string): C.Config<Config> => {
   const int = (key: string) => C.option(C.Int(`${prefix}${key}`))
@@ -134,8 +160,8 @@ const fromEnv = (prefix: string): C.Config<Config> => {
  *
  * @since 0.1.0
  */
-export const layer = (config: Config): Layer.Layer<WritePool | ReadPool> =>
-  Layer.effectContext(build("default", WritePool, ReadPool, config))
+export const layer = (config: Config): Layer.Layer<WritePool | ReadPool | Notifications> =>
+  Layer.effectContext(build("default", defaultKeys, config))
 
 /**
  * The default pools from the environment (`DATABASE_URL`, `DATABASE_READ_URL`, …; see {@link Config}).
@@ -149,8 +175,8 @@ export const layer = (config: Config): Layer.Layer<WritePool | ReadPool> =>
  *
  * @since 0.1.0
  */
-export const layerConfig = (): Layer.Layer<WritePool | ReadPool, C.ConfigError> =>
-  Layer.effectContext(Effect.flatMap(fromEnv(""), (config) => build("default", WritePool, ReadPool, config)))
+export const layerConfig = (): Layer.Layer<WritePool | ReadPool | Notifications, C.ConfigError> =>
+  Layer.effectContext(Effect.flatMap(fromEnv(""), (config) => build("default", defaultKeys, config)))
 
 /**
  * A further pair of pools with service keys of its own.
@@ -161,10 +187,21 @@ export interface NamedPools<Name extends string> {
   readonly name: Name
   readonly Write: Context.Service<NamedWritePool<Name>, WritePoolService>
   readonly Read: Context.Service<NamedReadPool<Name>, InteractionPool>
+  readonly Notifications: Context.Service<NamedNotifications<Name>, NotificationsService>
   /** The pair from settings. */
-  readonly layer: (config: Config) => Layer.Layer<NamedWritePool<Name> | NamedReadPool<Name>>
+  readonly layer: (config: Config) => Layer.Layer<NamedWritePool<Name> | NamedReadPool<Name> | NamedNotifications<Name>>
   /** The pair from the environment, every variable prefixed with the upper-cased name: `ANALYTICS_DATABASE_URL`, … */
-  readonly layerConfig: () => Layer.Layer<NamedWritePool<Name> | NamedReadPool<Name>, C.ConfigError>
+  readonly layerConfig: () => Layer.Layer<
+    NamedWritePool<Name> | NamedReadPool<Name> | NamedNotifications<Name>,
+    C.ConfigError
+  >
+}
+
+/** The service identifier of a named pool pair's notifications. @since 0.1.0 */
+export interface NamedNotifications<Name extends string> {
+  readonly _: unique symbol
+  readonly name: Name
+  readonly kind: "notifications"
 }
 
 /** The service identifier of a named write pool. @since 0.1.0 */
@@ -203,12 +240,15 @@ export interface NamedReadPool<Name extends string> {
 export const named = <const Name extends string>(name: Name): NamedPools<Name> => {
   const Write = Context.Service<NamedWritePool<Name>, WritePoolService>(`effect-dbpool/WritePool/${name}`)
   const Read = Context.Service<NamedReadPool<Name>, InteractionPool>(`effect-dbpool/ReadPool/${name}`)
+  const Notifications = Context.Service<NamedNotifications<Name>, NotificationsService>(`effect-dbpool/Notifications/${name}`)
+  const keys = { write: Write, read: Read, notifications: Notifications }
   const prefix = `${name.toUpperCase().replace(/[^A-Z0-9]+/g, "_")}_`
   return {
     name,
     Write,
     Read,
-    layer: (config) => Layer.effectContext(build(name, Write, Read, config)),
-    layerConfig: () => Layer.effectContext(Effect.flatMap(fromEnv(prefix), (config) => build(name, Write, Read, config)))
+    Notifications,
+    layer: (config) => Layer.effectContext(build(name, keys, config)),
+    layerConfig: () => Layer.effectContext(Effect.flatMap(fromEnv(prefix), (config) => build(name, keys, config)))
   }
 }

@@ -26,7 +26,7 @@
  * @since 0.1.0
  */
 import type { Effect } from "effect"
-import type { Connection, Run } from "./Connection.ts"
+import type { Connection, Notify, Run } from "./Connection.ts"
 import type { DbError } from "./DbError.ts"
 
 /**
@@ -42,6 +42,8 @@ export interface PartialTransaction {
   readonly pid: number
   /** Runs one statement inside the transaction. */
   readonly run: Run
+  /** Sends a notification from inside the transaction: delivered at commit, never on rollback. */
+  readonly notify: Notify
   /** Runs several statements inside the transaction; `connection.transaction` there makes a savepoint. */
   readonly interaction: <A, E, R>(f: (connection: Connection) => Effect.Effect<A, E, R>) => Effect.Effect<A, E | DbError, R>
   /** Commits. Fails with `TransactionAborted` if a step had failed, since the server then rolls back instead. */

@@ -13,6 +13,8 @@ export * as DbPool from "./DbPool.ts"
 /** @since 0.1.0 */
 export * as InteractionPool from "./InteractionPool.ts"
 /** @since 0.1.0 */
+export * as Notifications from "./Notifications.ts"
+/** @since 0.1.0 */
 export * as PartialTransaction from "./PartialTransaction.ts"
 /** @since 0.1.0 */
 export * as Statement from "./Statement.ts"

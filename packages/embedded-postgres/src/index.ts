@@ -69,6 +69,11 @@ export interface Options {
    * e.g. `{ "dbpool.seed_rows": "1000" }`.
    */
   readonly settings?: Readonly<Record<string, string>> | undefined
+  /**
+   * Start an embedded server even when `DATABASE_URL` is set: for tests that
+   * stop and restart the server, which they cannot do to one they do not own.
+   */
+  readonly alwaysEmbedded?: boolean | undefined
 }
 
 const freePort: Effect.Effect<number, EmbeddedPostgresError> = Effect.callback((resume) => {
@@ -198,7 +203,7 @@ export const layer = (options: Options = {}): Layer.Layer<EmbeddedPostgres, Embe
       const fromEnv = yield* Config.option(Config.Redacted("DATABASE_URL")).pipe(
         Effect.mapError((cause) => new EmbeddedPostgresError({ message: "invalid DATABASE_URL", cause }))
       )
-      const server = Option.isSome(fromEnv) ? external(fromEnv.value) : yield* start()
+      const server = Option.isSome(fromEnv) && options.alwaysEmbedded !== true ? external(fromEnv.value) : yield* start()
       if (options.sqlFile !== undefined) {
         yield* loadSqlFile(server.url, options.sqlFile, options.settings)
       }

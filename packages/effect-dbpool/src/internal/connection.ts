@@ -13,6 +13,7 @@ import type { Statement, Value } from "../Statement.ts"
 import { fromDriver, isConnectionFailure, sqlStateClass } from "./errors.ts"
 import { arrayText, arrayTypeOid, isJsonObject, Json } from "./literal.ts"
 import { arrayTypesQuery, installArrayParsers } from "./arrays.ts"
+import * as Notify from "./notify.ts"
 import { changesSession, isTransactionControl } from "./sqlText.ts"
 
 /** How to open connections; derived from the pool's config. */
@@ -347,10 +348,16 @@ export const transaction = <A, E, R>(
     })
   )
 
+/** Sends a notification on this connection (inside its transaction, if any). */
+export const notify = (conn: Conn, channel: string, payload: unknown, schema?: Schema.Top) =>
+  Effect.flatMap(Notify.prepare(channel, payload, schema), (statement) => Effect.asVoid(run(conn, statement)))
+
 /** The user-facing view of a held connection. */
 export const handle = (conn: Conn): Connection => ({
   pid: conn.pid,
   // The overloads of Connection["run"] are implemented by this one signature.
   run: ((statement: Statement, schema?: Schema.Top) => run(conn, statement, schema)) as Connection["run"],
+  // Likewise for Connection["notify"].
+  notify: ((channel: string, payload: unknown, schema?: Schema.Top) => notify(conn, channel, payload, schema)) as Connection["notify"],
   transaction: (f, options) => transaction(conn, f, options)
 })

@@ -138,6 +138,9 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
           pid: conn.pid,
           // The overloads of PartialTransaction["run"] are implemented by this one signature.
           run: ((statement: Statement, schema?: Schema.Top) => step(Conn.run(conn, statement, schema))) as PartialTransaction["run"],
+          // Likewise for PartialTransaction["notify"].
+          notify: ((channel: string, payload: unknown, schema?: Schema.Top) =>
+            step(Conn.notify(conn, channel, payload, schema))) as PartialTransaction["notify"],
           interaction: <A, E, R>(f: (connection: Connection) => Effect.Effect<A, E, R>) =>
             step(Effect.suspend(() => f(Conn.handle(conn)))),
           commit: finish("committed", Conn.commit(conn)),

@@ -1,0 +1,256 @@
+/**
+ * The listening connection of a pool: one connection outside the pool's size,
+ * shared by every channel and subscriber, LISTEN/UNLISTEN counted per
+ * channel, reconnected with backoff and re-LISTENed after it dies.
+ *
+ * It is a node-postgres client rather than postgres.js: postgres.js drops the
+ * sending backend's pid from notifications, and subscribers get the pid.
+ */
+import { Cause, Deferred, Duration, Effect, Exit, Fiber, Queue, Redacted, Schedule, Scope, Semaphore } from "effect"
+import pg from "pg"
+import * as DbError from "../DbError.ts"
+import type { ListenEvent, ListenerStats } from "../Notifications.ts"
+import { quoteIdentifier } from "./literal.ts"
+
+export interface ListenerSettings {
+  readonly name: string
+  readonly url: Redacted.Redacted<string>
+  readonly server: string
+  readonly applicationName: string
+  readonly connectTimeoutMillis: number
+  readonly reconnect: Schedule.Schedule<unknown, unknown>
+  /** How often the idle listening connection is checked with a round trip (a cut network sends no FIN). */
+  readonly healthCheckInterval: Duration.Duration
+}
+
+export interface Subscriber {
+  readonly queue: Queue.Queue<ListenEvent<string>, DbError.ListenError | Cause.Done>
+  /** Has this subscriber seen its first `Subscribed`? Later ones are resubscriptions. */
+  subscribed: boolean
+  dropped: number
+}
+
+export interface Listener {
+  readonly subscribe: (channel: string, subscriber: Subscriber) => Effect.Effect<void, DbError.ListenError>
+  readonly unsubscribe: (channel: string, subscriber: Subscriber) => Effect.Effect<void>
+  readonly stats: Effect.Effect<ListenerStats>
+  /** The backend pid of the listening connection, if connected (for tests and diagnostics). */
+  readonly pid: Effect.Effect<number | undefined>
+}
+
+/** The largest channel name Postgres keeps (NAMEDATALEN - 1 bytes); LISTEN would silently truncate a longer one. */
+export const maxChannelBytes = 63
+
+export const validateChannel = (channel: string): Effect.Effect<void, DbError.InvalidInput> => {
+  const bytes = Buffer.byteLength(channel, "utf8")
+  if (channel.length === 0 || bytes > maxChannelBytes || channel.includes("\u0000")) {
+    return Effect.fail(
+      new DbError.InvalidInput({
+        message: `a channel name must be 1 to ${maxChannelBytes} bytes without NUL (got ${bytes} bytes)`
+      })
+    )
+  }
+  return Effect.void
+}
+
+const queryTimeoutMillis = 5000
+
+const query = (client: pg.Client, text: string) =>
+  Effect.tryPromise({ try: () => client.query(text), catch: (cause) => cause }).pipe(
+    Effect.timeoutOrElse({ duration: queryTimeoutMillis, orElse: () => Effect.fail(new Error(`${text} timed out`)) }),
+    Effect.asVoid
+  )
+
+export const make = (settings: ListenerSettings): Effect.Effect<Listener, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const scope = yield* Effect.scope
+    const lock = yield* Semaphore.make(1)
+    const channels = new Map<string, Set<Subscriber>>()
+    let client: pg.Client | undefined
+    let clientPid: number | undefined
+    const listened = new Set<string>()
+    let supervisor: Fiber.Fiber<void> | undefined
+    let closed = false
+    let sessions = 0
+    const counters = { delivered: 0, dropped: 0 }
+
+    const deliver = (message: pg.Notification) => {
+      const subscribers = channels.get(message.channel)
+      if (subscribers === undefined) return
+      const event: ListenEvent<string> = {
+        _tag: "Notification",
+        channel: message.channel,
+        payload: message.payload ?? "",
+        pid: message.processId
+      }
+      for (const subscriber of subscribers) {
+        // A full buffer drops the newest notification for this subscriber only; the others are not held up.
+        if (Queue.offerUnsafe(subscriber.queue, event)) counters.delivered++
+        else {
+          subscriber.dropped++
+          counters.dropped++
+        }
+      }
+    }
+
+    const failAll = (error: DbError.ListenError) => {
+      for (const subscribers of channels.values()) {
+        for (const subscriber of subscribers) Queue.failCauseUnsafe(subscriber.queue, Cause.fail(error))
+      }
+      channels.clear()
+    }
+
+    const connect = Effect.tryPromise({
+      try: async () => {
+        const c = new pg.Client({
+          connectionString: Redacted.value(settings.url),
+          application_name: settings.applicationName,
+          connectionTimeoutMillis: settings.connectTimeoutMillis,
+          keepAlive: true
+        })
+        // An 'error' event without a listener would crash the process; losses are handled below.
+        c.on("error", () => {})
+        try {
+          await c.connect()
+        } catch (cause) {
+          void c.end().catch(() => {})
+          throw cause
+        }
+        return c
+      },
+      catch: (cause) => cause
+    })
+
+    /** Connects, LISTENs every subscribed channel and tells every subscriber; fails if any step fails. */
+    const establish = Effect.gen(function*() {
+      const c = yield* connect
+      const lost = yield* Deferred.make<void>()
+      const markLost = () => Deferred.doneUnsafe(lost, Exit.void)
+      c.on("end", markLost)
+      c.on("error", markLost)
+      c.on("notification", deliver)
+      const pidResult = yield* Effect.tryPromise({ try: () => c.query("SELECT pg_backend_pid() AS pid"), catch: (e) => e })
+      yield* lock.withPermits(1)(Effect.gen(function*() {
+        for (const channel of channels.keys()) yield* query(c, `LISTEN ${quoteIdentifier(channel)}`)
+        listened.clear()
+        for (const channel of channels.keys()) listened.add(channel)
+        client = c
+        clientPid = Number(pidResult.rows[0]?.pid)
+        for (const [channel, subscribers] of channels) {
+          for (const subscriber of subscribers) {
+            Queue.offerUnsafe(subscriber.queue, { _tag: "Subscribed", channel, resubscribed: subscriber.subscribed })
+            subscriber.subscribed = true
+          }
+        }
+      })).pipe(Effect.onError(() => Effect.sync(() => void c.end().catch(() => {}))))
+      return { client: c, lost }
+    })
+
+    const healthCheck = (c: pg.Client) =>
+      Effect.gen(function*() {
+        while (true) {
+          yield* Effect.sleep(settings.healthCheckInterval)
+          yield* query(c, "SELECT 1")
+        }
+      })
+
+    const session = Effect.gen(function*() {
+      const { client: c, lost } = yield* Effect.retry(establish, settings.reconnect)
+      sessions++
+      if (sessions > 1) {
+        yield* Effect.logInfo("effect-dbpool: listener reconnected").pipe(
+          Effect.annotateLogs({ pool: settings.name, channels: listened.size })
+        )
+      }
+      // Either the socket reports the loss or a round trip fails or times out.
+      yield* Effect.raceFirst(Deferred.await(lost), Effect.ignore(healthCheck(c)))
+      yield* lock.withPermits(1)(Effect.sync(() => {
+        client = undefined
+        clientPid = undefined
+        listened.clear()
+      }))
+      void c.end().catch(() => {})
+      yield* Effect.logWarning("effect-dbpool: listening connection lost, reconnecting").pipe(
+        Effect.annotateLogs({ pool: settings.name, server: settings.server })
+      )
+    })
+
+    const supervise = Effect.forever(session).pipe(
+      Effect.catchCause((cause) =>
+        lock.withPermits(1)(Effect.sync(() => {
+          supervisor = undefined
+          failAll(
+            new DbError.ListenerGaveUp({
+              message: `the listening connection to ${settings.server} could not be re-established within the reconnect policy`,
+              cause: Cause.squash(cause)
+            })
+          )
+        }))
+      )
+    )
+
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        closed = true
+        failAll(new DbError.PoolClosed({ message: `pool ${settings.name} is closed`, pool: settings.name }))
+        if (client !== undefined) void client.end().catch(() => {})
+        client = undefined
+      })
+    )
+
+    const subscribe = (channel: string, subscriber: Subscriber) =>
+      lock.withPermits(1)(Effect.gen(function*() {
+        if (closed) {
+          return yield* new DbError.PoolClosed({ message: `pool ${settings.name} is closed`, pool: settings.name })
+        }
+        let subscribers = channels.get(channel)
+        if (subscribers === undefined) {
+          subscribers = new Set()
+          channels.set(channel, subscribers)
+        }
+        subscribers.add(subscriber)
+        if (client !== undefined && !listened.has(channel)) {
+          // If this fails the connection is going: the next session LISTENs and sends Subscribed.
+          const ok = yield* Effect.result(query(client, `LISTEN ${quoteIdentifier(channel)}`))
+          if (ok._tag === "Success") listened.add(channel)
+        }
+        if (client !== undefined && listened.has(channel)) {
+          Queue.offerUnsafe(subscriber.queue, { _tag: "Subscribed", channel, resubscribed: false })
+          subscriber.subscribed = true
+        }
+        if (supervisor === undefined) supervisor = yield* Effect.forkIn(supervise, scope)
+      }))
+
+    const unsubscribe = (channel: string, subscriber: Subscriber) =>
+      lock.withPermits(1)(Effect.gen(function*() {
+        const subscribers = channels.get(channel)
+        if (subscribers === undefined || !subscribers.delete(subscriber) || subscribers.size > 0) return
+        channels.delete(channel)
+        if (client !== undefined && listened.has(channel)) {
+          listened.delete(channel)
+          yield* Effect.ignore(query(client, `UNLISTEN ${quoteIdentifier(channel)}`))
+        }
+      }))
+
+    const stats = Effect.sync((): ListenerStats => {
+      let subscribers = 0
+      for (const set of channels.values()) subscribers += set.size
+      return {
+        pool: settings.name,
+        connected: client !== undefined,
+        channels: [...listened],
+        subscribers,
+        delivered: counters.delivered,
+        dropped: counters.dropped,
+        reconnects: Math.max(0, sessions - 1)
+      }
+    })
+
+    return { subscribe, unsubscribe, stats, pid: Effect.sync(() => clientPid) }
+  })
+
+/** Reconnect forever: 50 ms, doubling, at most 2 s apart. */
+export const defaultReconnect: Schedule.Schedule<unknown, unknown> = Schedule.min([
+  Schedule.exponential("50 millis"),
+  Schedule.spaced("2 seconds")
+])

@@ -1,0 +1,86 @@
+/**
+ * The Notifications service: subscriber streams over the pool's listener,
+ * and NOTIFY through the write pool.
+ */
+import { Effect, Schema, Stream } from "effect"
+import * as DbError from "../DbError.ts"
+import type { InteractionPool } from "../InteractionPool.ts"
+import type { ListenEvent, ListenOptions, NotificationsService } from "../Notifications.ts"
+import type { Listener, Subscriber } from "./listener.ts"
+import { validateChannel } from "./listener.ts"
+import * as Notify from "./notify.ts"
+
+const rawStream = (listener: Listener, channel: string, options: ListenOptions | undefined) =>
+  Stream.suspend(() => {
+    let subscriber: Subscriber | undefined
+    let reported = 0
+    return Stream.callback<ListenEvent<string>, DbError.ListenError>(
+      (queue) =>
+        Effect.gen(function*() {
+          yield* validateChannel(channel)
+          const s: Subscriber = { queue, subscribed: false, dropped: 0 }
+          subscriber = s
+          yield* Effect.acquireRelease(listener.subscribe(channel, s), () => listener.unsubscribe(channel, s))
+        }),
+      { bufferSize: options?.bufferSize ?? 1024, strategy: "dropping" }
+    ).pipe(
+      Stream.tap(() => {
+        if (subscriber === undefined || subscriber.dropped === reported) return Effect.void
+        const dropped = subscriber.dropped - reported
+        reported = subscriber.dropped
+        return Effect.logWarning("effect-dbpool: slow subscriber, notifications dropped").pipe(
+          Effect.annotateLogs({ channel, dropped, droppedTotal: reported })
+        )
+      })
+    )
+  })
+
+const decoding = <S extends Schema.Top>(channel: string, schema: S, onDecodeError: "fail" | "skip") => {
+  const decode = Schema.decodeUnknownEffect(schema)
+  return (event: ListenEvent<string>): Effect.Effect<ListenEvent<S["Type"]> | undefined, DbError.PayloadDecodeError, S["DecodingServices"]> => {
+    if (event._tag === "Subscribed") return Effect.succeed(event)
+    const decoded = Effect.try({ try: (): unknown => JSON.parse(event.payload), catch: (e) => e }).pipe(
+      Effect.flatMap((json) => decode(json)),
+      Effect.map((payload): ListenEvent<S["Type"]> => ({ ...event, payload })),
+      Effect.mapError((cause) =>
+        new DbError.PayloadDecodeError({
+          message: `a payload on channel "${channel}" does not decode: ${cause instanceof Error ? cause.message : String(cause)}`,
+          channel,
+          payload: event.payload,
+          cause
+        })
+      )
+    )
+    return onDecodeError === "fail"
+      ? decoded
+      : Effect.catch(decoded, (error) =>
+        Effect.as(
+          Effect.logWarning("effect-dbpool: undecodable payload skipped").pipe(
+            Effect.annotateLogs({ channel, payload: error.payload.slice(0, 200) })
+          ),
+          undefined
+        ))
+  }
+}
+
+export const make = (listener: Listener, write: InteractionPool): NotificationsService => {
+  const listen = (channel: string, schemaOrOptions?: Schema.Top | ListenOptions, maybeOptions?: ListenOptions) => {
+    if (Schema.isSchema(schemaOrOptions)) {
+      const options = maybeOptions
+      return rawStream(listener, channel, options).pipe(
+        Stream.mapEffect(decoding(channel, schemaOrOptions, options?.onDecodeError ?? "fail")),
+        Stream.filter((event) => event !== undefined)
+      )
+    }
+    return rawStream(listener, channel, schemaOrOptions)
+  }
+  const notify = (channel: string, payload: unknown, schema?: Schema.Top) =>
+    Effect.flatMap(Notify.prepare(channel, payload, schema), (statement) => Effect.asVoid(write.run(statement)))
+  return {
+    // The overloads of NotificationsService are implemented by these signatures.
+    listen: listen as NotificationsService["listen"],
+    notify: notify as NotificationsService["notify"],
+    stats: listener.stats,
+    listenerPid: listener.pid
+  }
+}
