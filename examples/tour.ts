@@ -6,8 +6,8 @@
  */
 import { EmbeddedPostgres, layer as postgresLayer } from "@effect-dbpool/embedded-postgres"
 import { NodeRuntime } from "@effect/platform-node"
-import { Console, Effect, Fiber, Layer, Schema } from "effect"
-import { DbPool, ReadPool, sql, Statement, WritePool } from "effect-dbpool"
+import { Console, Deferred, Effect, Fiber, Layer, Schema, Stream } from "effect"
+import { DbPool, Notifications, ReadPool, sql, Statement, WritePool } from "effect-dbpool"
 
 const TestValue = Schema.Struct({ id: Schema.Number, val1: Schema.Number, val2: Schema.Number })
 
@@ -91,7 +91,29 @@ const tour = Effect.gen(function*() {
   const syntax = yield* pool.run(sql`SELEC 1`).pipe(Effect.flip)
   yield* Console.log(syntax)
 
-  yield* step("9. Pool statistics")
+  yield* step("9. LISTEN/NOTIFY as a Stream (gDBPool's listen_on)")
+  const notifications = yield* Notifications.Notifications
+  const Change = Schema.Struct({ id: Schema.Number, val1: Schema.Number })
+  const listening = yield* Deferred.make<void>()
+  const received = yield* Deferred.make<typeof Change.Type>()
+  const listener = yield* notifications.listen("notify_test_values", Change).pipe(
+    Stream.runForEach((event) =>
+      event._tag === "Subscribed"
+        ? Deferred.succeed(listening, undefined)
+        : Console.log(`notification from backend ${event.pid}:`, event.payload).pipe(
+          Effect.andThen(Deferred.succeed(received, event.payload))
+        )
+    ),
+    Effect.forkChild
+  )
+  yield* Deferred.await(listening) // the server has confirmed the LISTEN: nothing sent from now on is missed
+  yield* pool.run(sql`UPDATE test_values SET val1 = ${123} WHERE id = ${459}`) // the trigger NOTIFYs
+  const change = yield* Deferred.await(received)
+  yield* Console.log("decoded payload:", change)
+  yield* Fiber.interrupt(listener) // gDBPool's cancel event: interruption, which UNLISTENs
+  yield* Console.log("after interruption the pool listens on:", (yield* notifications.stats).channels)
+
+  yield* step("10. Pool statistics")
   yield* Console.log(yield* pool.stats, yield* readPool.stats)
 })
 
