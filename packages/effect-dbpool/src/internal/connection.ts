@@ -39,6 +39,12 @@ export class Conn {
   failed = false
   /** A `SET` (without `LOCAL`) ran: settings are reset before the connection is reused. */
   sessionChanged = false
+  /** Autocommit statements pipelined on this connection right now (0 when idle or held exclusively). */
+  sharers = 0
+  /** Held by one interaction, transaction or partial transaction. */
+  exclusive = false
+  /** When it last went idle (ms since epoch), for the idle timeout. */
+  idleSince = Date.now()
   pid = 0
   readonly sql: postgres.Sql
   readonly server: string
@@ -182,6 +188,9 @@ export const execute = (
           }
         )
         outcome.then((o) => resume(o.ok ? Effect.succeed(o.rows) : Effect.fail(fromDriver(o.error, text))))
+        // A cancel request cancels whatever runs on the backend when it lands: with other statements pipelined on
+        // this connection it could hit one of theirs. So a shared statement is left to finish (it is autocommit).
+        if (conn.sharers > 1) return Effect.void
         return Effect.promise(async () => {
           const cancelled = query.cancel()
           if (cancelled !== undefined) await Promise.resolve(cancelled).catch(() => undefined)

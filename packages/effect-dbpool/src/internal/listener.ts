@@ -101,7 +101,8 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
     }
 
     const connect = Effect.tryPromise({
-      try: async () => {
+      // Interrupted while connecting (the pool closing during a reconnect), the client must not live on.
+      try: async (signal) => {
         const c = new pg.Client({
           connectionString: Redacted.value(settings.url),
           application_name: settings.applicationName,
@@ -110,11 +111,19 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
         })
         // An 'error' event without a listener would crash the process; losses are handled below.
         c.on("error", () => {})
+        const abandon = () => void c.end().catch(() => {})
+        signal.addEventListener("abort", abandon, { once: true })
         try {
           await c.connect()
         } catch (cause) {
-          void c.end().catch(() => {})
+          abandon()
           throw cause
+        } finally {
+          signal.removeEventListener("abort", abandon)
+        }
+        if (signal.aborted) {
+          abandon()
+          throw new Error("interrupted while connecting")
         }
         return c
       },
@@ -122,8 +131,14 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
     })
 
     /** Connects, LISTENs every subscribed channel and tells every subscriber; fails if any step fails. */
-    const establish = Effect.gen(function*() {
-      const c = yield* connect
+    const establish = Effect.uninterruptibleMask((restore) =>
+      Effect.flatMap(restore(connect), (c) =>
+        // Until the client is the listener's (and the finalizer ends it), any failure or interruption ends it here.
+        Effect.onExit(restore(establishOn(c)), (exit) =>
+          Exit.isSuccess(exit) ? Effect.void : Effect.sync(() => void c.end().catch(() => {}))))
+    )
+
+    const establishOn = (c: pg.Client) => Effect.gen(function*() {
       const lost = yield* Deferred.make<void>()
       const markLost = () => Deferred.doneUnsafe(lost, Exit.void)
       c.on("end", markLost)
@@ -142,7 +157,7 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
             subscriber.subscribed = true
           }
         }
-      })).pipe(Effect.onError(() => Effect.sync(() => void c.end().catch(() => {}))))
+      }))
       return { client: c, lost }
     })
 

@@ -1,16 +1,16 @@
 /**
- * The pool: effect's `Pool` of single-connection driver instances, with the
- * bookkeeping a database pool needs around it — acquire timeout, retiring
- * dead, doubtful and expired connections at check-out and check-in, rolling
- * back whatever a holder left open.
+ * The pool's operations: interactions, transactions and partial transactions
+ * on connections from the slots (see slots.ts), rolling back or resetting
+ * whatever a holder left before a connection goes back.
  */
-import { Duration, Effect, Exit, Pool, Schema, Scope, Semaphore } from "effect"
+import { type Duration, Effect, type Schema, type Scope, Semaphore } from "effect"
 import type { Connection, TransactionOptions } from "../Connection.ts"
 import * as DbError from "../DbError.ts"
 import type { InteractionPool, PoolStats } from "../InteractionPool.ts"
 import type { PartialTransaction } from "../PartialTransaction.ts"
 import type { Statement } from "../Statement.ts"
 import * as Conn from "./connection.ts"
+import * as Slots from "./slots.ts"
 
 /** Everything one pool needs, resolved from the user's config. */
 export interface Settings extends Conn.ConnectOptions {
@@ -30,95 +30,59 @@ const preview = (text: string) => (text.length > 120 ? `${text.slice(0, 117)}...
 
 export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.Scope> =>
   Effect.gen(function*() {
-    let closed = false
-    const pool = yield* Pool.makeWithTTL({
-      acquire: Conn.open(settings),
-      min: settings.minSize,
-      max: settings.maxSize,
-      timeToLive: settings.idleTimeout,
-      timeToLiveStrategy: "usage"
-    })
-    // Added after the pool, so it runs before the pool shuts down: late callers get PoolClosed, not an interruption.
+    const slots = yield* Slots.make(settings, Conn.open(settings))
     yield* Effect.addFinalizer(() =>
-      Effect.andThen(
-        Effect.sync(() => {
-          closed = true
-        }),
-        Effect.logInfo("effect-dbpool: pool closed").pipe(Effect.annotateLogs({ pool: settings.name }))
-      )
+      Effect.logInfo("effect-dbpool: pool closed").pipe(Effect.annotateLogs({ pool: settings.name }))
     )
 
-    const stats: Effect.Effect<PoolStats> = Effect.map(Pool.stats(pool), (s) => ({ pool: settings.name, ...s }))
+    const stats: Effect.Effect<PoolStats> = Effect.sync(() => ({ pool: settings.name, ...slots.counts() }))
 
-    const isReusable = (conn: Conn.Conn) => !conn.dead && !conn.doubtful && Date.now() < conn.expiresAt
+    /** Runs before the connection goes back: a connection is returned only idle, outside a transaction, with its settings reset. */
+    const checkIn = (conn: Conn.Conn, mode: Slots.Mode): Effect.Effect<void> =>
+      Effect.suspend(() => {
+        const rollback = conn.txDepth > 0 && !conn.dead ? Conn.rollback(conn) : Effect.void
+        return Effect.andThen(
+          rollback,
+          Effect.suspend(() =>
+            conn.sessionChanged && !conn.dead && (mode === "exclusive" || conn.sharers === 1)
+              ? Conn.resetSession(conn)
+              : Effect.void
+          )
+        )
+      }).pipe(Effect.ensuring(Effect.sync(() => slots.release(conn, mode))))
 
-    const timeoutMillis = Duration.toMillis(settings.acquireTimeout)
-    const timedOut = Effect.flatMap(stats, (s) =>
-      Effect.fail(
-        new DbError.PoolTimeout({
-          message:
-            `no connection of pool ${settings.name} became free within ${timeoutMillis} ms (idle ${s.idle}, used ${s.used}, waiting ${s.pending}, max ${s.max})`,
+    const logInteraction = (what: string, start: number, ok: boolean) =>
+      Effect.logDebug("effect-dbpool: interaction").pipe(
+        Effect.annotateLogs({
           pool: settings.name,
-          timeoutMillis,
-          stats: s
+          interaction: what,
+          outcome: ok ? "ok" : "failed",
+          durationMs: Math.round((performance.now() - start) * 1000) / 1000
         })
-      ))
-
-    /** A healthy connection for the current scope; dead or expired ones found on the way are retired. */
-    const checkout: Effect.Effect<Conn.Conn, DbError.DbError, Scope.Scope> = Effect.gen(function*() {
-      if (closed) {
-        return yield* new DbError.PoolClosed({ message: `pool ${settings.name} is closed`, pool: settings.name })
-      }
-      const outer = yield* Effect.scope
-      while (true) {
-        const inner = yield* Scope.fork(outer)
-        const conn = yield* Scope.provide(Pool.get(pool), inner)
-        if (isReusable(conn)) return conn
-        yield* Pool.invalidate(pool, conn)
-        yield* Scope.close(inner, Exit.void)
-      }
-    }).pipe(Effect.timeoutOrElse({ duration: settings.acquireTimeout, orElse: () => timedOut }))
-
-    /** Runs before the connection goes back: a connection is returned only idle, outside a transaction. */
-    const checkIn = (conn: Conn.Conn): Effect.Effect<void> =>
-      Effect.andThen(
-        conn.txDepth > 0 && !conn.dead ? Conn.rollback(conn) : Effect.void,
-        Effect.suspend(() =>
-          isReusable(conn) && conn.sessionChanged
-            ? Conn.resetSession(conn)
-            : Effect.void
-        ).pipe(Effect.andThen(Effect.suspend(() => (isReusable(conn) ? Effect.void : Pool.invalidate(pool, conn)))))
       )
 
     const withConnection = <A, E, R>(
       what: string,
+      mode: Slots.Mode,
       f: (conn: Conn.Conn) => Effect.Effect<A, E, R>
     ): Effect.Effect<A, E | DbError.DbError, R> =>
-      Effect.suspend(() => {
+      Effect.uninterruptibleMask((restore) => {
         const start = performance.now()
-        return Effect.scoped(
-          Effect.flatMap(checkout, (conn) => Effect.onExit(f(conn), () => checkIn(conn)))
-        ).pipe(
-          Effect.onExit((exit) =>
-            Effect.logDebug("effect-dbpool: interaction").pipe(
-              Effect.annotateLogs({
-                pool: settings.name,
-                interaction: what,
-                outcome: exit._tag === "Success" ? "ok" : "failed",
-                durationMs: Math.round((performance.now() - start) * 1000) / 1000
-              })
-            )
+        return Effect.flatMap(restore(slots.acquire(mode)), (conn) =>
+          restore(f(conn)).pipe(Effect.onExit(() => checkIn(conn, mode)))).pipe(
+            Effect.onExit((exit) => logInteraction(what, start, exit._tag === "Success"))
           )
-        )
       })
 
     const run = (statement: Statement, schema?: Schema.Top) =>
-      withConnection(preview(statement.text), (conn) => Conn.run(conn, statement, schema))
+      withConnection(preview(statement.text), "shared", (conn) => Conn.run(conn, statement, schema))
 
     const partialTransaction = (options?: TransactionOptions) =>
       Effect.gen(function*() {
-        const conn = yield* checkout
-        yield* Effect.addFinalizer(() => checkIn(conn))
+        const conn = yield* Effect.uninterruptibleMask((restore) =>
+          Effect.flatMap(restore(slots.acquire("exclusive")), (conn) =>
+            Effect.as(Effect.addFinalizer(() => checkIn(conn, "exclusive")), conn))
+        )
         yield* Effect.uninterruptible(Conn.begin(conn, options))
         let state: "open" | "committed" | "rolled back" = "open"
         const lock = yield* Semaphore.make(1)
@@ -175,9 +139,9 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
       name: settings.name,
       // The overloads of InteractionPool["run"] are implemented by this one signature.
       run: run as InteractionPool["run"],
-      interaction: (f) => withConnection("function", (conn) => f(interactionHandle(conn))),
+      interaction: (f) => withConnection("function", "exclusive", (conn) => f(interactionHandle(conn))),
       transaction: (f, options) =>
-        withConnection("transaction", (conn) => Conn.transaction(conn, f, transactionOptions(options))),
+        withConnection("transaction", "exclusive", (conn) => Conn.transaction(conn, f, transactionOptions(options))),
       stats,
       partialTransaction
     }
