@@ -78,7 +78,7 @@ const runWorker = (url: string, client: string, c: Case): Promise<Result> =>
       const line = out.trim().split("\n").pop() ?? ""
       if (code !== 0 || !line.startsWith("{")) return reject(new Error(`${client} ${c.workload} failed (${code}): ${err.slice(-2000)}`))
       const r = JSON.parse(line) as { opsPerSec: number; p50Ms: number; p99Ms: number; peakRssMb: number } // our worker's own output
-      resolve({ workload: c.workload, concurrency: c.concurrency, poolSize: c.poolSize, client, ...r })
+      resolve({ workload: c.workload, concurrency: c.concurrency, poolSize: c.poolSize, client, opsPerSec: r.opsPerSec, p50Ms: r.p50Ms, p99Ms: r.p99Ms, peakRssMb: r.peakRssMb })
     })
   })
 
@@ -189,7 +189,9 @@ const main = Effect.gen(function*() {
         all.push(r)
         console.log(`  ${key(c).padEnd(36)} ${client.padEnd(24)} ${Math.round(r.opsPerSec).toString().padStart(7)} ops/s`)
       }
-      const b = runPgbench(url, c)
+      // pgbench opens one connection per client: it runs once per workload and concurrency, not per pool size.
+      const pgbenchDone = all.some((r) => r.client === "pgbench" && r.workload === c.workload && r.concurrency === c.concurrency && rounds === 1)
+      const b = pgbenchDone ? undefined : runPgbench(url, c)
       if (b !== undefined) {
         all.push(b)
         console.log(`  ${key(c).padEnd(36)} ${"pgbench".padEnd(24)} ${Math.round(b.opsPerSec).toString().padStart(7)} ops/s`)
@@ -217,7 +219,9 @@ const main = Effect.gen(function*() {
     "|---|---|---|---|---|---|---|---|---|---|"
   ]
   for (const c of cases) {
-    const rows = results.filter((r) => r.workload === c.workload && r.concurrency === c.concurrency && (r.poolSize === c.poolSize || r.client === "pgbench"))
+    const rows = results
+      .filter((r) => r.workload === c.workload && r.concurrency === c.concurrency && (r.poolSize === c.poolSize || r.client === "pgbench"))
+      .sort((a, b) => Number(a.client === "pgbench") - Number(b.client === "pgbench"))
     const peers = rows.filter((r) => r.client !== "effect-dbpool" && r.client !== "pgbench")
     const best = Math.max(...peers.map((r) => r.opsPerSec))
     const bench = rows.find((r) => r.client === "pgbench")

@@ -3,7 +3,7 @@
  * on connections from the slots (see slots.ts), rolling back or resetting
  * whatever a holder left before a connection goes back.
  */
-import { type Duration, Effect, type Schema, type Scope, Semaphore } from "effect"
+import { type Duration, Effect, LogLevel, References, type Schema, type Scope, Semaphore } from "effect"
 import type { Connection, TransactionOptions } from "../Connection.ts"
 import * as DbError from "../DbError.ts"
 import type { InteractionPool, PoolStats } from "../InteractionPool.ts"
@@ -66,12 +66,15 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
       mode: Slots.Mode,
       f: (conn: Conn.Conn) => Effect.Effect<A, E, R>
     ): Effect.Effect<A, E | DbError.DbError, R> =>
-      Effect.uninterruptibleMask((restore) => {
+      Effect.withFiber((fiber) => {
+        const interaction = Effect.uninterruptibleMask((restore) =>
+          Effect.flatMap(restore(slots.acquire(mode)), (conn) =>
+            restore(f(conn)).pipe(Effect.onExit(() => checkIn(conn, mode))))
+        )
+        // The debug line costs a timer read and a log record per interaction: only when someone will see it.
+        if (!LogLevel.isGreaterThanOrEqualTo("Debug", fiber.getRef(References.MinimumLogLevel))) return interaction
         const start = performance.now()
-        return Effect.flatMap(restore(slots.acquire(mode)), (conn) =>
-          restore(f(conn)).pipe(Effect.onExit(() => checkIn(conn, mode)))).pipe(
-            Effect.onExit((exit) => logInteraction(what, start, exit._tag === "Success"))
-          )
+        return Effect.onExit(interaction, (exit) => logInteraction(what, start, exit._tag === "Success"))
       })
 
     const run = (statement: Statement, schema?: Schema.Top) =>
