@@ -180,6 +180,7 @@ const main = Effect.gen(function*() {
   console.log(`server: ${server.embedded ? `embedded Postgres, port ${server.port}` : "DATABASE_URL"}; ${mode} run, ${durationMs} ms per client and case, ${rounds} round(s)`)
   if (!pgbenchAvailable) console.log("pgbench is not on the PATH: its rows are skipped")
   const all: Array<Result> = []
+  const pgbenchRuns = new Set<string>()
   for (let round = 0; round < rounds; round++) {
     for (const c of cases) {
       // Alternate the order between rounds so that no client always runs first.
@@ -190,8 +191,9 @@ const main = Effect.gen(function*() {
         console.log(`  ${key(c).padEnd(36)} ${client.padEnd(24)} ${Math.round(r.opsPerSec).toString().padStart(7)} ops/s`)
       }
       // pgbench opens one connection per client: it runs once per workload and concurrency, not per pool size.
-      const pgbenchDone = all.some((r) => r.client === "pgbench" && r.workload === c.workload && r.concurrency === c.concurrency && rounds === 1)
-      const b = pgbenchDone ? undefined : runPgbench(url, c)
+      const pgbenchKey = `${round}|${c.workload}|${c.concurrency}`
+      const b = pgbenchRuns.has(pgbenchKey) ? undefined : runPgbench(url, c)
+      pgbenchRuns.add(pgbenchKey)
       if (b !== undefined) {
         all.push(b)
         console.log(`  ${key(c).padEnd(36)} ${"pgbench".padEnd(24)} ${Math.round(b.opsPerSec).toString().padStart(7)} ops/s`)
