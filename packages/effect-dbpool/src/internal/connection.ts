@@ -140,6 +140,10 @@ const toDriverValue = (conn: Conn, value: unknown): unknown => {
   if (isJsonObject(value)) return conn.sql.json(value as postgres.JSONValue) // a plain object is JSON by definition of isJsonObject
   const type = typeof value
   if (type === "function" || type === "symbol") throw new TypeError(`a ${type} cannot be sent as a parameter`)
+  // Any other object (a Map, a class instance) would be sent as "[object …]": refuse it rather than store that.
+  if (type === "object" && value !== null && !(value instanceof Date) && !(value instanceof Uint8Array)) {
+    throw new TypeError(`a ${value.constructor?.name ?? "object"} cannot be sent as a parameter (use sql.json for JSON)`)
+  }
   return value
 }
 

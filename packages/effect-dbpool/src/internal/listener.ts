@@ -135,7 +135,7 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
         } finally {
           signal.removeEventListener("abort", abandon)
         }
-        if (false) {
+        if (signal.aborted) {
           abandon()
           throw new Error("interrupted while connecting")
         }
