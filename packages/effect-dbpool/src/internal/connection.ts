@@ -75,6 +75,23 @@ const connectFailed = (server: string, cause: unknown): DbError.DbError => {
   return mapped
 }
 
+/** A single-connection driver instance; throws on an unparseable URL. */
+const driver = (options: ConnectOptions, onclose: () => void): postgres.Sql =>
+  postgres(Redacted.value(options.url), {
+    max: 1,
+    idle_timeout: 0,
+    max_lifetime: null,
+    connect_timeout: Math.max(1, Math.ceil(options.connectTimeoutMillis / 1000)),
+    prepare: true,
+    fetch_types: false,
+    onnotice: () => {},
+    onclose,
+    connection: {
+      application_name: options.applicationName,
+      ...(options.readOnly ? { default_transaction_read_only: true } : {})
+    }
+  })
+
 /** Opens a connection and learns its backend pid; the scope closes it. */
 export const open = (options: ConnectOptions): Effect.Effect<Conn, DbError.DbError, Scope.Scope> =>
   Effect.acquireRelease(
@@ -82,22 +99,17 @@ export const open = (options: ConnectOptions): Effect.Effect<Conn, DbError.DbErr
       // Up to 10% less than the max lifetime, so that connections opened together do not all retire together.
       const expiresAt = Date.now() + options.maxLifetimeMillis * (1 - Math.random() * 0.1)
       let conn: Conn | undefined
-      const sql = postgres(Redacted.value(options.url), {
-        max: 1,
-        idle_timeout: 0,
-        max_lifetime: null,
-        connect_timeout: Math.max(1, Math.ceil(options.connectTimeoutMillis / 1000)),
-        prepare: true,
-        fetch_types: false,
-        onnotice: () => {},
-        onclose: () => {
+      let sql: postgres.Sql
+      try {
+        sql = driver(options, () => {
           if (conn !== undefined) conn.dead = true
-        },
-        connection: {
-          application_name: options.applicationName,
-          ...(options.readOnly ? { default_transaction_read_only: true } : {})
-        }
-      })
+        })
+      } catch {
+        // The driver throws on a URL it cannot parse, with the URL in the error: say so without repeating it.
+        return Effect.fail(
+          new DbError.ConnectFailed({ message: `cannot connect: the connection URL is not valid`, server: options.server })
+        )
+      }
       conn = new Conn(sql, options.server, expiresAt)
       const c = conn
       return Effect.tryPromise({
