@@ -21,7 +21,30 @@ export interface Harness {
   readonly sessions: Effect.Effect<ReadonlyArray<{ pid: number; state: string | null; query: string }>>
   /** Runs SQL on the observer connection. */
   readonly observe: <T = postgres.Row>(text: string, params?: ReadonlyArray<unknown>) => Effect.Effect<ReadonlyArray<T>>
+  /** `val1` of a row as the observer (outside the pool) sees it. */
+  readonly val1: (id: number) => Effect.Effect<number | undefined>
+  /**
+   * Runs a test on some rows and restores their `val1` afterwards (from the
+   * observer, after the test's pools are closed), so other files see the
+   * seeded values. The original values are passed to the test.
+   */
+  readonly withRows: <A, E>(
+    ids: ReadonlyArray<number>,
+    test: (original: ReadonlyMap<number, number>) => Effect.Effect<A, E>
+  ) => Effect.Effect<A, E>
 }
+
+/** Repeats `check` until `ok` holds or `millis` have passed; returns the last result. */
+export const poll = <A>(check: Effect.Effect<A>, ok: (a: A) => boolean, millis = 3000): Effect.Effect<A> =>
+  Effect.gen(function*() {
+    const deadline = Date.now() + millis
+    let a = yield* check
+    while (!ok(a) && Date.now() < deadline) {
+      yield* Effect.sleep("20 millis")
+      a = yield* check
+    }
+    return a
+  })
 
 /**
  * Sets up a test file: after every test, the server must show no session of
@@ -37,6 +60,31 @@ export const harness = (name: string): Harness => {
     "SELECT pid, state, query FROM pg_stat_activity WHERE application_name = $1",
     [appName]
   )
+  const val1 = (id: number): Effect.Effect<number | undefined> =>
+    Effect.map(observe<{ val1: number }>("SELECT val1 FROM test_values WHERE id = $1", [id]), (rows) => rows[0]?.val1)
+  const withRows = <A, E>(
+    ids: ReadonlyArray<number>,
+    test: (original: ReadonlyMap<number, number>) => Effect.Effect<A, E>
+  ): Effect.Effect<A, E> =>
+    Effect.gen(function*() {
+      const original = new Map<number, number>()
+      for (const id of ids) {
+        let v = yield* val1(id)
+        expect(v, `row ${id} exists`).toBeTypeOf("number")
+        if (v === undefined || v < 0) {
+          // A mark left by an aborted earlier run: start again from a seeded-looking value.
+          yield* observe("UPDATE test_values SET val1 = 0 WHERE id = $1", [id])
+          v = 0
+        }
+        original.set(id, v)
+      }
+      return yield* test(original).pipe(
+        Effect.ensuring(
+          Effect.forEach(ids, (id) =>
+            observe("UPDATE test_values SET val1 = $2 WHERE id = $1", [id, original.get(id) ?? 0]), { discard: true })
+        )
+      )
+    })
   afterEach(async () => {
     // Backends exit a moment after their client closes the socket.
     let left: ReadonlyArray<{ pid: number; state: string | null; query: string }> = []
@@ -56,6 +104,8 @@ export const harness = (name: string): Harness => {
     observer,
     sessions,
     observe,
+    val1,
+    withRows,
     pools: (config = {}) =>
       DbPool.layer({ url: databaseUrl, maxSize: 4, acquireTimeout: "3 seconds", connectTimeout: "3 seconds", applicationName: appName, ...config })
         // Pool start/close lines would drown the test report.

@@ -7,7 +7,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Data, Deferred, Effect, Exit, Fiber } from "effect"
 import { sql, WritePool } from "effect-dbpool"
-import { harness } from "./support.ts"
+import { harness, poll } from "./support.ts"
 
 const h = harness("transactions")
 
@@ -23,50 +23,7 @@ const ROW = { a: 9201, b: 9202, c: 9203, d: 9204, e: 9205, f: 9206 } as const
 /** A value no seeded row has (seeded values are 0..1000). */
 const mark = (id: number) => -7_000_000 - id
 
-/** `val1` of a row as the observer (outside the pool) sees it. */
-const val1 = (id: number): Effect.Effect<number | undefined> =>
-  Effect.map(h.observe<{ val1: number }>("SELECT val1 FROM test_values WHERE id = $1", [id]), (rows) => rows[0]?.val1)
-
-/**
- * Runs a test on some rows and restores their `val1` afterwards (from the
- * observer, after the test's pools are closed), so other files see the
- * seeded values. The original values are passed to the test.
- */
-const withRows = <A, E>(
-  ids: ReadonlyArray<number>,
-  test: (original: ReadonlyMap<number, number>) => Effect.Effect<A, E>
-): Effect.Effect<A, E> =>
-  Effect.gen(function*() {
-    const original = new Map<number, number>()
-    for (const id of ids) {
-      let v = yield* val1(id)
-      assert.isNumber(v, `row ${id} exists`)
-      if (v === undefined || v < 0) {
-        // A mark left by an aborted earlier run: start again from a seeded-looking value.
-        yield* h.observe("UPDATE test_values SET val1 = 0 WHERE id = $1", [id])
-        v = 0
-      }
-      original.set(id, v)
-    }
-    return yield* test(original).pipe(
-      Effect.ensuring(
-        Effect.forEach(ids, (id) =>
-          h.observe("UPDATE test_values SET val1 = $2 WHERE id = $1", [id, original.get(id) ?? 0]), { discard: true })
-      )
-    )
-  })
-
-/** Repeats `check` until `ok` holds or `millis` have passed; returns the last result. */
-const poll = <A>(check: Effect.Effect<A>, ok: (a: A) => boolean, millis = 3000): Effect.Effect<A> =>
-  Effect.gen(function*() {
-    const deadline = Date.now() + millis
-    let a = yield* check
-    while (!ok(a) && Date.now() < deadline) {
-      yield* Effect.sleep("20 millis")
-      a = yield* check
-    }
-    return a
-  })
+const { val1, withRows } = h
 
 /** The server-side state of one backend (`idle`, `idle in transaction`, `active`, …), undefined if gone. */
 const stateOf = (pid: number): Effect.Effect<string | null | undefined> =>
