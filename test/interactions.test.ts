@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Schema } from "effect"
+import { Duration, Effect, Fiber, Schema } from "effect"
 import { ReadPool, sql, Statement, WritePool } from "effect-dbpool"
 import { harness } from "./support.ts"
 
@@ -70,4 +70,54 @@ describe("interactions", () => {
       const refused = yield* Effect.flip(readPool.run(sql`CREATE TEMP TABLE t_after_reset (x int)`))
       assert.strictEqual(refused._tag, "ReadOnlyTransaction")
     }).pipe(Effect.provide(h.pools({ maxSize: 1 }))))
+
+  it.live("SET ROLE and temp tables do not outlive the interaction either", () =>
+    Effect.gen(function*() {
+      const pool = yield* WritePool
+      yield* h.observe("DO $$ BEGIN CREATE ROLE dbpool_test_tenant; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+      const inside = yield* pool.interaction((conn) =>
+        Effect.gen(function*() {
+          yield* conn.run(sql`SET ROLE dbpool_test_tenant`)
+          yield* conn.run(sql`CREATE TEMP TABLE scratch_reset (x int)`)
+          return yield* conn.run(sql`SELECT current_user AS u`)
+        })
+      )
+      assert.deepStrictEqual(inside, [{ u: "dbpool_test_tenant" }])
+      assert.deepStrictEqual(yield* pool.run(sql`SELECT current_user AS u`), [{ u: "postgres" }])
+      // The temp table is gone: creating it again on the same (only) connection works.
+      yield* pool.interaction((conn) => conn.run(sql`CREATE TEMP TABLE scratch_reset (x int)`))
+    }).pipe(Effect.provide(h.pools({ maxSize: 1 }))))
+
+  it.live("transaction control hidden behind comments is still refused", () =>
+    Effect.gen(function*() {
+      const pool = yield* WritePool
+      for (const text of ["-- note\rBEGIN", "/* outer /* inner */ still comment */ BEGIN", "  ;(BEGIN)"]) {
+        const error = yield* Effect.flip(pool.run(Statement.text(text)))
+        assert.strictEqual(error._tag, "InvalidInput", text)
+      }
+      const sessions = yield* h.sessions
+      assert.deepStrictEqual(sessions.filter((s) => s.state?.startsWith("idle in transaction")), [])
+    }).pipe(Effect.provide(h.pools({ maxSize: 1 }))))
+
+  it.live("a connection handle or partial transaction used after it was returned refuses to run", () =>
+    Effect.gen(function*() {
+      const pool = yield* WritePool
+      const leaked = yield* pool.interaction((conn) => Effect.succeed(conn))
+      const error = yield* Effect.flip(leaked.run(sql`SELECT 1`))
+      assert.strictEqual(error._tag, "InvalidInput")
+      const leakedTx = yield* Effect.scoped(pool.partialTransaction())
+      const txError = yield* Effect.flip(leakedTx.run(sql`SELECT 1`))
+      assert.strictEqual(txError._tag, "InvalidInput")
+      // Meanwhile the connection serves others, outside any transaction.
+      assert.deepStrictEqual(yield* pool.run(sql`SELECT 1 AS ok`), [{ ok: 1 }])
+    }).pipe(Effect.provide(h.pools({ maxSize: 1 }))))
+
+  it.live("an infinite acquire timeout waits instead of failing at once", () =>
+    Effect.gen(function*() {
+      const pool = yield* WritePool
+      const holder = yield* Effect.forkChild(pool.run(sql`SELECT pg_sleep(0.3)`))
+      yield* Effect.sleep("50 millis")
+      assert.deepStrictEqual(yield* pool.transaction((conn) => conn.run(sql`SELECT 1 AS ok`)), [{ ok: 1 }])
+      yield* Fiber.join(holder)
+    }).pipe(Effect.provide(h.pools({ maxSize: 1, acquireTimeout: Duration.infinity }))))
 })

@@ -74,9 +74,9 @@ export class ReadOnlyTransaction extends Data.TaggedError("ReadOnlyTransaction")
 export class SyntaxError extends Data.TaggedError("SyntaxError")<ServerErrorFields> {}
 
 /**
- * A transaction ended in ROLLBACK instead of COMMIT because one of its
- * statements had failed and the failure was caught (SQLSTATE 25P02), or it
- * was rolled back by the server (class 40).
+ * A transaction (or savepoint) ended in ROLLBACK instead of COMMIT because
+ * one of its statements had failed and the failure was caught (SQLSTATE
+ * 25P02). Serialization failures and deadlocks have tags of their own.
  *
  * @since 0.1.0
  */
@@ -87,9 +87,10 @@ export class DatabaseError extends Data.TaggedError("DatabaseError")<ServerError
 
 /**
  * The connection died while in use: the backend was terminated, the server
- * went down or the network broke. Whatever the statement did is unknown if
- * it was not in a transaction; a transaction on it was rolled back by the
- * server. The pool replaces the connection.
+ * went down or the network broke. A transaction that had not reached COMMIT
+ * was rolled back by the server; if the connection died during COMMIT, or
+ * during an autocommit statement, whether it took effect is unknown — check
+ * before retrying. The pool replaces the connection.
  *
  * @since 0.1.0
  */

@@ -80,7 +80,8 @@ const settings = (config: Config, name: string, kind: "write" | "read"): Pool.Se
     minSize,
     maxSize,
     acquireTimeout: Duration.fromInputUnsafe(config.acquireTimeout ?? "30 seconds"),
-    connectTimeoutMillis: Duration.toMillis(Duration.fromInputUnsafe(config.connectTimeout ?? "10 seconds")),
+    // Timers fire at once above 2^31-1 ms (Infinity included): an unbounded connect timeout is the largest bounded one.
+    connectTimeoutMillis: Math.min(Duration.toMillis(Duration.fromInputUnsafe(config.connectTimeout ?? "10 seconds")), 2 ** 31 - 1),
     idleTimeout: Duration.fromInputUnsafe(config.idleTimeout ?? "10 minutes"),
     maxLifetimeMillis: Duration.toMillis(Duration.fromInputUnsafe(config.maxLifetime ?? "30 minutes")),
     applicationName: config.applicationName ?? "effect-dbpool"

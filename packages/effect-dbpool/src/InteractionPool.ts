@@ -41,7 +41,12 @@ export interface PoolStats {
 export interface InteractionPool {
   /** The pool's name (`"default"` unless declared with `DbPool.named`) and kind, e.g. `"default/write"`. */
   readonly name: string
-  /** Runs one statement on a connection taken for just that statement. */
+  /**
+   * Runs one autocommit statement. It takes an idle connection; when all are
+   * busy and the pool is at its maximum, it is pipelined on a connection
+   * already running single statements (and then, if interrupted, runs to
+   * completion instead of being cancelled — see the README's Design notes).
+   */
   readonly run: Run
   /** Runs a function interaction: several statements on one connection, outside a transaction. */
   readonly interaction: <A, E, R>(f: (connection: Connection) => Effect.Effect<A, E, R>) => Effect.Effect<A, E | DbError, R>

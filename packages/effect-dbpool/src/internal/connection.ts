@@ -43,6 +43,12 @@ export class Conn {
   sharers = 0
   /** Held by one interaction, transaction or partial transaction. */
   exclusive = false
+  /** A cancel request for a statement on it is in flight: no statement may join it meanwhile. */
+  cancelling = false
+  /** Bumped at every check-in: a handle from an earlier hand-out sees it changed and refuses to run. */
+  lease = 0
+  /** Makes savepoint names unique on this connection. */
+  savepoints = 0
   /** When it last went idle (ms since epoch), for the idle timeout. */
   idleSince = Date.now()
   pid = 0
@@ -174,6 +180,37 @@ type Outcome = { readonly ok: true; readonly rows: postgres.RowList<Array<postgr
   readonly error: unknown
 }
 
+/**
+ * Sends a cancel request and waits (boundedly) for the statement to end, so
+ * that the connection is never handed back while it may still run. A
+ * statement that ended otherwise than cancelled leaves the request possibly
+ * in flight: the connection is retired. One that does not end is destroyed.
+ */
+const cancelAndSettle = (conn: Conn, query: { readonly cancel: () => unknown }, outcome: Promise<Outcome>) =>
+  Effect.promise(async () => {
+    conn.cancelling = true
+    try {
+      const cancelled = query.cancel()
+      if (cancelled !== undefined) await Promise.resolve(cancelled).catch(() => undefined)
+      let timer: ReturnType<typeof setTimeout> | undefined
+      const settled = await Promise.race([
+        outcome,
+        new Promise<undefined>((resolve) => {
+          timer = setTimeout(() => resolve(undefined), cancelGraceMillis)
+        })
+      ])
+      clearTimeout(timer)
+      if (settled === undefined) {
+        conn.dead = true
+        await conn.sql.end({ timeout: 0 }).catch(() => undefined)
+      } else if (settled.ok || (settled.error as { code?: unknown } | null)?.code !== "57014") {
+        conn.doubtful = true
+      }
+    } finally {
+      conn.cancelling = false
+    }
+  })
+
 const noteFailure = (conn: Conn, error: unknown): void => {
   if (isConnectionFailure(error)) conn.dead = true
   else if (conn.txDepth > 0) conn.failed = true
@@ -206,25 +243,7 @@ export const execute = (
         outcome.then((o) => resume(o.ok ? Effect.succeed(o.rows) : Effect.fail(fromDriver(o.error, text))))
         // A cancel request cancels whatever runs on the backend when it lands: with other statements pipelined on
         // this connection it could hit one of theirs. So a shared statement is left to finish (it is autocommit).
-        if (conn.sharers > 1) return Effect.void
-        return Effect.promise(async () => {
-          const cancelled = query.cancel()
-          if (cancelled !== undefined) await Promise.resolve(cancelled).catch(() => undefined)
-          let timer: ReturnType<typeof setTimeout> | undefined
-          const settled = await Promise.race([
-            outcome,
-            new Promise<undefined>((resolve) => {
-              timer = setTimeout(() => resolve(undefined), cancelGraceMillis)
-            })
-          ])
-          clearTimeout(timer)
-          if (settled === undefined) {
-            conn.dead = true
-            await conn.sql.end({ timeout: 0 }).catch(() => undefined)
-          } else if (settled.ok || (settled.error as { code?: unknown } | null)?.code !== "57014") {
-            conn.doubtful = true
-          }
-        })
+        return Effect.suspend(() => (conn.sharers > 1 ? Effect.void : cancelAndSettle(conn, query, outcome)))
       }))
   })
 
@@ -292,7 +311,10 @@ export const commit = (conn: Conn): Effect.Effect<void, DbError.DbError> =>
 
 /** Undoes session settings (back to the connection's startup values); a connection that cannot is marked dead. */
 export const resetSession = (conn: Conn): Effect.Effect<void> =>
-  execute(conn, "RESET ALL", []).pipe(
+  // RESET ALL leaves role and session authorization alone (they are not reset by it), and temp tables are not settings.
+  Effect.forEach(["SET SESSION AUTHORIZATION DEFAULT", "RESET ALL", "DISCARD TEMP"], (text) => execute(conn, text, []), {
+    discard: true
+  }).pipe(
     Effect.timeout(cancelGraceMillis),
     Effect.matchCause({
       onFailure: () => {
@@ -345,7 +367,7 @@ export const transaction = <A, E, R>(
           message: "a nested transaction is a savepoint: isolation level and access mode belong to the outermost transaction"
         })
       }
-      const name = `effect_dbpool_sp_${conn.txDepth}`
+      const name = `effect_dbpool_sp_${++conn.savepoints}`
       yield* execute(conn, `SAVEPOINT ${name}`, [])
       conn.txDepth++
       const exit = yield* Effect.exit(restore(f(handle(conn))))
@@ -378,11 +400,25 @@ export const notify = (conn: Conn, channel: string, payload: unknown, schema?: S
   Effect.flatMap(Notify.prepare(channel, payload, schema), (statement) => Effect.asVoid(run(conn, statement)))
 
 /** The user-facing view of a held connection. */
-export const handle = (conn: Conn): Connection => ({
-  pid: conn.pid,
-  // The overloads of Connection["run"] are implemented by this one signature.
-  run: ((statement: Statement, schema?: Schema.Top) => run(conn, statement, schema)) as Connection["run"],
-  // Likewise for Connection["notify"].
-  notify: ((channel: string, payload: unknown, schema?: Schema.Top) => notify(conn, channel, payload, schema)) as Connection["notify"],
-  transaction: (f, options) => transaction(conn, f, options)
-})
+export const handle = (conn: Conn): Connection => {
+  const lease = conn.lease
+  const held = <A, E, R>(effect: () => Effect.Effect<A, E, R>): Effect.Effect<A, E | DbError.InvalidInput, R> =>
+    Effect.suspend((): Effect.Effect<A, E | DbError.InvalidInput, R> =>
+      conn.lease === lease
+        ? effect()
+        : Effect.fail(
+          new DbError.InvalidInput({
+            message: "this connection was already returned to the pool: use it only inside its interaction"
+          })
+        )
+    )
+  return {
+    pid: conn.pid,
+    // The overloads of Connection["run"] are implemented by this one signature.
+    run: ((statement: Statement, schema?: Schema.Top) => held(() => run(conn, statement, schema))) as Connection["run"],
+    // Likewise for Connection["notify"].
+    notify: ((channel: string, payload: unknown, schema?: Schema.Top) =>
+      held(() => notify(conn, channel, payload, schema))) as Connection["notify"],
+    transaction: (f, options) => held(() => transaction(conn, f, options))
+  }
+}

@@ -84,6 +84,8 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
         pid: message.processId
       }
       for (const subscriber of subscribers) {
+        // Its stream starts with Subscribed: nothing before it (the LISTEN of a new channel may still be on its way).
+        if (!subscriber.subscribed) continue
         // A full buffer drops the newest notification for this subscriber only; the others are not held up.
         if (Queue.offerUnsafe(subscriber.queue, event)) counters.delivered++
         else {
@@ -158,7 +160,9 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
       c.on("end", markLost)
       c.on("error", markLost)
       c.on("notification", deliver)
-      const pidResult = yield* Effect.tryPromise({ try: () => c.query("SELECT pg_backend_pid() AS pid"), catch: (e) => e })
+      const pidResult = yield* Effect.tryPromise({ try: () => c.query("SELECT pg_backend_pid() AS pid"), catch: (e) => e }).pipe(
+        Effect.timeoutOrElse({ duration: queryTimeoutMillis, orElse: () => Effect.fail(new Error("pg_backend_pid() timed out")) })
+      )
       yield* lock.withPermits(1)(Effect.gen(function*() {
         for (const channel of channels.keys()) yield* query(c, `LISTEN ${quoteIdentifier(channel)}`)
         listened.clear()
@@ -198,6 +202,8 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
         clientPid = undefined
         listened.clear()
       }))
+      // A half-closed old socket must not deliver into the new session.
+      c.removeListener("notification", deliver)
       void c.end().catch(() => {})
       yield* Effect.logWarning("effect-dbpool: listening connection lost, reconnecting").pipe(
         Effect.annotateLogs({ pool: settings.name, server: settings.server })
@@ -242,6 +248,8 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
           // If this fails the connection is going: the next session LISTENs and sends Subscribed.
           const ok = yield* Effect.result(query(client, `LISTEN ${quoteIdentifier(channel)}`))
           if (ok._tag === "Success") listened.add(channel)
+          // A LISTEN that failed on a live connection: reconnect, which LISTENs every channel and sends Subscribed.
+          else void client.end().catch(() => {})
         }
         if (client !== undefined && listened.has(channel)) {
           offerSubscribed(subscriber, { _tag: "Subscribed", channel, resubscribed: false })

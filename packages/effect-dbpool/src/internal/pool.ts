@@ -11,6 +11,7 @@ import type { PartialTransaction } from "../PartialTransaction.ts"
 import type { Statement } from "../Statement.ts"
 import * as Conn from "./connection.ts"
 import * as Slots from "./slots.ts"
+import { changesSession } from "./sqlText.ts"
 
 /** Everything one pool needs, resolved from the user's config. */
 export interface Settings extends Conn.ConnectOptions {
@@ -40,6 +41,7 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
     /** Runs before the connection goes back: a connection is returned only idle, outside a transaction, with its settings reset. */
     const checkIn = (conn: Conn.Conn, mode: Slots.Mode): Effect.Effect<void> =>
       Effect.suspend(() => {
+        if (mode === "exclusive") conn.lease++ // handles given out with it stop working
         const rollback = conn.txDepth > 0 && !conn.dead ? Conn.rollback(conn) : Effect.void
         return Effect.andThen(
           rollback,
@@ -78,7 +80,12 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
       })
 
     const run = (statement: Statement, schema?: Schema.Top) =>
-      withConnection(preview(statement.text), "shared", (conn) => Conn.run(conn, statement, schema))
+      withConnection(
+        preview(statement.text),
+        // A statement that changes the session must not change it under pipelined neighbours.
+        changesSession(statement.text) ? "exclusive" : "shared",
+        (conn) => Conn.run(conn, statement, schema)
+      )
 
     const partialTransaction = (options?: TransactionOptions) =>
       Effect.gen(function*() {
@@ -86,9 +93,15 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
           Effect.flatMap(restore(slots.acquire("exclusive")), (conn) =>
             Effect.as(Effect.addFinalizer(() => checkIn(conn, "exclusive")), conn))
         )
-        yield* Effect.uninterruptible(Conn.begin(conn, options))
-        let state: "open" | "committed" | "rolled back" = "open"
+        let state: "open" | "committed" | "rolled back" | "closed" = "open"
         const lock = yield* Semaphore.make(1)
+        // Runs before the check-in (finalizers run last-added first): no step can start on a returned connection.
+        yield* Effect.addFinalizer(() =>
+          lock.withPermits(1)(Effect.sync(() => {
+            if (state === "open") state = "closed"
+          }))
+        )
+        yield* Effect.uninterruptible(Conn.begin(conn, options))
         const step = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | DbError.DbError, R> =>
           lock.withPermits(1)(
             Effect.suspend((): Effect.Effect<A, E | DbError.DbError, R> =>

@@ -63,7 +63,8 @@ export const make = (
     const waiters: Array<Waiter> = []
     let opening = 0
     let closed = false
-    const timeoutMillis = Duration.toMillis(settings.acquireTimeout)
+    // setTimeout fires at once for anything above 2^31-1 ms, Infinity included.
+    const timeoutMillis = Math.min(Duration.toMillis(settings.acquireTimeout), 2 ** 31 - 1)
 
     const size = () => scopes.size + opening
     const counts = (): Counts => ({
@@ -127,6 +128,8 @@ export const make = (
               const w = waiters.shift()
               const error = Cause.findErrorOption(cause)
               w?.resume(error._tag === "Some" ? Exit.fail(error.value) : Exit.failCause(cause as Cause.Cause<never>))
+              // The others are not left to time out: each next waiter gets an attempt of its own (the server may be back).
+              if (waiters.length > 0 && size() < settings.maxSize) startOpening()
             })),
           onSuccess: (conn) =>
             Effect.sync(() => {
@@ -160,7 +163,8 @@ export const make = (
       if (mode === "shared" && size() >= settings.maxSize) {
         let best: Conn.Conn | undefined
         for (const conn of shared) {
-          if (conn.sharers < maxPipeline && !conn.dead && (best === undefined || conn.sharers < best.sharers)) best = conn
+          const joinable = conn.sharers < maxPipeline && !conn.cancelling && reusable(conn)
+          if (joinable && (best === undefined || conn.sharers < best.sharers)) best = conn
         }
         if (best !== undefined) return take(best, "shared")
       }

@@ -81,13 +81,25 @@ const firstWordAt = (text: string): string => {
   for (;;) {
     while (i < text.length && /\s|;|\(/.test(text[i]!)) i++
     if (text.startsWith("--", i)) {
-      const eol = text.indexOf("\n", i)
-      i = eol === -1 ? text.length : eol + 1
+      // Postgres ends a line comment at \n or \r.
+      while (i < text.length && text[i] !== "\n" && text[i] !== "\r") i++
     } else if (text.startsWith("/*", i)) {
-      const end = text.indexOf("*/", i + 2)
-      i = end === -1 ? text.length : end + 2
+      // Block comments nest in Postgres.
+      let depth = 1
+      i += 2
+      while (i < text.length && depth > 0) {
+        if (text.startsWith("/*", i)) {
+          depth++
+          i += 2
+        } else if (text.startsWith("*/", i)) {
+          depth--
+          i += 2
+        } else {
+          i++
+        }
+      }
     } else {
-      return text.slice(i, i + 32)
+      return text.slice(i, i + 64)
     }
   }
 }
@@ -99,11 +111,12 @@ const firstWordAt = (text: string): string => {
  */
 export const isTransactionControl = (text: string): boolean => transactionControl.test(firstWordAt(text))
 
-const sessionSetting = /^(?:set(?!\s+local\b)|reset|discard)\b/i
+const sessionSetting = /^(?:set(?!\s+local\b)|reset|discard|create\s+(?:(?:local|global)\s+)?temp(?:orary)?\b)\b/i
 
 /**
  * Does this statement change session state that would outlive the
- * interaction (`SET` without `LOCAL`, `RESET`, `DISCARD`)? Such a connection
- * gets `RESET ALL` before it goes back to the pool.
+ * interaction (`SET` without `LOCAL` — `SET ROLE` included —, `RESET`,
+ * `DISCARD`, `CREATE TEMP …`)? Such a connection is reset before it goes
+ * back to the pool, and such a statement never shares its connection.
  */
 export const changesSession = (text: string): boolean => sessionSetting.test(firstWordAt(text))
