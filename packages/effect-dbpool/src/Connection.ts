@@ -12,6 +12,18 @@ import type { Statement } from "./Statement.ts"
  * A row as the driver returns it: column name to value (`int8` and `numeric`
  * as strings, `json` parsed, timestamps as `Date`, `bytea` as `Buffer`).
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { type Connection, ReadPool, sql } from "effect-dbpool"
+ *
+ * const count = Effect.gen(function*() {
+ *   const pool = yield* ReadPool
+ *   const rows: ReadonlyArray<Connection.Row> = yield* pool.run(sql`SELECT count(*) AS n FROM test_values`)
+ *   return Number(rows[0]?.["n"]) // count(*) is int8: it arrives as a string
+ * })
+ * ```
+ *
  * @since 0.1.0
  */
 export type Row = { readonly [column: string]: unknown }
@@ -77,6 +89,18 @@ export interface Notify {
 /**
  * Options of an outermost transaction. Nested transactions are savepoints
  * and take none.
+ *
+ * @example
+ * ```ts
+ * import { sql, WritePool } from "effect-dbpool"
+ *
+ * const report = WritePool.use((pool) =>
+ *   pool.transaction(
+ *     (conn) => conn.run(sql`SELECT sum(val1) AS total FROM test_values`),
+ *     { isolationLevel: "serializable", readOnly: true, deferrable: true }
+ *   )
+ * )
+ * ```
  *
  * @since 0.1.0
  */

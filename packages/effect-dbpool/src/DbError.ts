@@ -26,6 +26,14 @@ import type { PoolStats } from "./InteractionPool.ts"
 /**
  * What the server said about a failed statement.
  *
+ * @example
+ * ```ts
+ * import type { DbError } from "effect-dbpool"
+ *
+ * const describe = (e: DbError.ServerErrorFields) =>
+ *   `${e.sqlState} (${e.sqlStateClass})${e.constraint === undefined ? "" : ` on ${e.constraint}`}: ${e.message}`
+ * ```
+ *
  * @since 0.1.0
  */
 export interface ServerErrorFields {
@@ -43,34 +51,183 @@ export interface ServerErrorFields {
   readonly statement?: string | undefined
 }
 
-/** A unique or primary-key constraint was violated (SQLSTATE 23505). @since 0.1.0 */
+/**
+ * A unique or primary-key constraint was violated (SQLSTATE 23505).
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { sql, WritePool } from "effect-dbpool"
+ *
+ *
+ * const signUp = WritePool.use((pool) => pool.run(sql`INSERT INTO users (email) VALUES (${"a@b.c"})`)).pipe(
+ *   Effect.catchTag("UniqueViolation", (e) => Effect.logWarning(`already registered (${e.constraint})`))
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ */
 export class UniqueViolation extends Data.TaggedError("UniqueViolation")<ServerErrorFields> {}
 
-/** A foreign-key constraint was violated (SQLSTATE 23503). @since 0.1.0 */
+/**
+ * A foreign-key constraint was violated (SQLSTATE 23503).
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { sql, WritePool } from "effect-dbpool"
+ *
+ *
+ * const addOrder = WritePool.use((pool) => pool.run(sql`INSERT INTO orders (user_id) VALUES (${42})`)).pipe(
+ *   Effect.catchTag("ForeignKeyViolation", (e) => Effect.fail(`no such user: ${e.detail}`))
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ */
 export class ForeignKeyViolation extends Data.TaggedError("ForeignKeyViolation")<ServerErrorFields> {}
 
-/** A check constraint was violated (SQLSTATE 23514). @since 0.1.0 */
+/**
+ * A check constraint was violated (SQLSTATE 23514).
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { sql, WritePool } from "effect-dbpool"
+ *
+ *
+ * const setPrice = WritePool.use((pool) => pool.run(sql`UPDATE products SET price = ${-1} WHERE id = ${7}`)).pipe(
+ *   Effect.catchTag("CheckViolation", (e) => Effect.fail(`rejected by ${e.constraint}`))
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ */
 export class CheckViolation extends Data.TaggedError("CheckViolation")<ServerErrorFields> {}
 
-/** A NOT NULL constraint was violated (SQLSTATE 23502). @since 0.1.0 */
+/**
+ * A NOT NULL constraint was violated (SQLSTATE 23502).
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { sql, WritePool } from "effect-dbpool"
+ *
+ *
+ * const addUser = WritePool.use((pool) => pool.run(sql`INSERT INTO users (email) VALUES (${null})`)).pipe(
+ *   Effect.catchTag("NotNullViolation", (e) => Effect.fail(`${e.column} is required`))
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ */
 export class NotNullViolation extends Data.TaggedError("NotNullViolation")<ServerErrorFields> {}
 
-/** A serializable or repeatable-read transaction could not be serialized (SQLSTATE 40001); retrying the whole transaction is safe. @since 0.1.0 */
+/**
+ * A serializable or repeatable-read transaction could not be serialized (SQLSTATE 40001); retrying the whole transaction is safe.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { sql, WritePool } from "effect-dbpool"
+ *
+ *
+ * const bump = WritePool.use((pool) =>
+ *   pool.transaction((conn) => conn.run(sql`UPDATE counters SET n = n + 1 WHERE id = ${1}`), { isolationLevel: "serializable" })
+ * ).pipe(Effect.retry({ times: 5, while: (e) => e._tag === "SerializationFailure" }))
+ * ```
+ *
+ * @since 0.1.0
+ */
 export class SerializationFailure extends Data.TaggedError("SerializationFailure")<ServerErrorFields> {}
 
-/** The server broke a deadlock by aborting this transaction (SQLSTATE 40P01). @since 0.1.0 */
+/**
+ * The server broke a deadlock by aborting this transaction (SQLSTATE 40P01).
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { sql, WritePool } from "effect-dbpool"
+ *
+ *
+ * const move = WritePool.use((pool) => pool.transaction((conn) => conn.run(sql`UPDATE stock SET n = n - 1 WHERE id = ${1}`))).pipe(
+ *   Effect.catchTag("Deadlock", (e) => Effect.logWarning(`rolled back to break a deadlock: ${e.detail}`))
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ */
 export class Deadlock extends Data.TaggedError("Deadlock")<ServerErrorFields> {}
 
-/** A lock could not be taken at once (`NOWAIT`, `lock_timeout`; SQLSTATE 55P03). @since 0.1.0 */
+/**
+ * A lock could not be taken at once (`NOWAIT`, `lock_timeout`; SQLSTATE 55P03).
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { sql, WritePool } from "effect-dbpool"
+ *
+ *
+ * const tryLock = WritePool.use((pool) => pool.transaction((conn) => conn.run(sql`SELECT * FROM jobs WHERE id = ${1} FOR UPDATE NOWAIT`))).pipe(
+ *   Effect.catchTag("LockNotAvailable", () => Effect.succeed([])) // someone else holds it
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ */
 export class LockNotAvailable extends Data.TaggedError("LockNotAvailable")<ServerErrorFields> {}
 
-/** The statement was cancelled by `statement_timeout` or a cancel request (SQLSTATE 57014). @since 0.1.0 */
+/**
+ * The statement was cancelled by `statement_timeout` or a cancel request (SQLSTATE 57014).
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { ReadPool, sql } from "effect-dbpool"
+ *
+ *
+ * const report = ReadPool.use((pool) => pool.run(sql`SELECT * FROM monthly_report`)).pipe(
+ *   Effect.catchTag("StatementTimeout", () => Effect.succeed([])) // cancelled by statement_timeout
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ */
 export class StatementTimeout extends Data.TaggedError("StatementTimeout")<ServerErrorFields> {}
 
-/** A write was attempted in a read-only transaction, e.g. through the `ReadPool` (SQLSTATE 25006). @since 0.1.0 */
+/**
+ * A write was attempted in a read-only transaction, e.g. through the `ReadPool` (SQLSTATE 25006).
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { ReadPool, sql } from "effect-dbpool"
+ *
+ *
+ * const purge = ReadPool.use((pool) => pool.run(sql`DELETE FROM test_values WHERE id = ${1}`)).pipe(
+ *   Effect.catchTag("ReadOnlyTransaction", (e) => Effect.die(`writes go through the WritePool: ${e.statement}`))
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ */
 export class ReadOnlyTransaction extends Data.TaggedError("ReadOnlyTransaction")<ServerErrorFields> {}
 
-/** The SQL text does not parse (SQLSTATE 42601). @since 0.1.0 */
+/**
+ * The SQL text does not parse (SQLSTATE 42601).
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { ReadPool, sql } from "effect-dbpool"
+ *
+ *
+ * const adHoc = (query: string) =>
+ *   ReadPool.use((pool) => pool.run(sql.text(query))).pipe(Effect.catchTag("SyntaxError", (e) => Effect.fail(`bad query: ${e.message}`)))
+ * ```
+ *
+ * @since 0.1.0
+ */
 export class SyntaxError extends Data.TaggedError("SyntaxError")<ServerErrorFields> {}
 
 /**
@@ -78,11 +235,37 @@ export class SyntaxError extends Data.TaggedError("SyntaxError")<ServerErrorFiel
  * one of its statements had failed and the failure was caught (SQLSTATE
  * 25P02). Serialization failures and deadlocks have tags of their own.
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { sql, WritePool } from "effect-dbpool"
+ *
+ *
+ * const program = WritePool.use((pool) =>
+ *   pool.transaction((conn) => conn.run(sql`INSERT INTO users (email) VALUES (${"a@b.c"})`).pipe(Effect.ignore))
+ * ).pipe(Effect.catchTag("TransactionAborted", () => Effect.logWarning("a caught failure rolled the transaction back")))
+ * ```
+ *
  * @since 0.1.0
  */
 export class TransactionAborted extends Data.TaggedError("TransactionAborted")<ServerErrorFields> {}
 
-/** Any other error the server reported; `sqlState` and `sqlStateClass` say what. @since 0.1.0 */
+/**
+ * Any other error the server reported; `sqlState` and `sqlStateClass` say what.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { ReadPool, sql } from "effect-dbpool"
+ *
+ *
+ * const ratio = ReadPool.use((pool) => pool.run(sql`SELECT 1 / ${0} AS r`)).pipe(
+ *   Effect.catchTag("DatabaseError", (e) => Effect.fail(`${e.sqlStateClass} (${e.sqlState}): ${e.message}`)) // 22012 division_by_zero
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ */
 export class DatabaseError extends Data.TaggedError("DatabaseError")<ServerErrorFields> {}
 
 /**
@@ -91,6 +274,18 @@ export class DatabaseError extends Data.TaggedError("DatabaseError")<ServerError
  * was rolled back by the server; if the connection died during COMMIT, or
  * during an autocommit statement, whether it took effect is unknown — check
  * before retrying. The pool replaces the connection.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { ReadPool, sql } from "effect-dbpool"
+ *
+ *
+ * // a read is safe to run again; a write may or may not have taken effect
+ * const rows = ReadPool.use((pool) => pool.run(sql`SELECT * FROM test_values WHERE id = ${1}`)).pipe(
+ *   Effect.retry({ times: 2, while: (e) => e._tag === "ConnectionLost" })
+ * )
+ * ```
  *
  * @since 0.1.0
  */
@@ -106,6 +301,17 @@ export class ConnectionLost extends Data.TaggedError("ConnectionLost")<{
  * A new connection could not be opened: refused, timed out, unknown host or
  * rejected authentication. `server` is `host:port/database`, never the URL.
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { ReadPool, sql } from "effect-dbpool"
+ *
+ *
+ * const ping = ReadPool.use((pool) => pool.run(sql`SELECT 1`)).pipe(
+ *   Effect.catchTag("ConnectFailed", (e) => Effect.logError(`cannot reach ${e.server}: ${e.message}`))
+ * )
+ * ```
+ *
  * @since 0.1.0
  */
 export class ConnectFailed extends Data.TaggedError("ConnectFailed")<{
@@ -117,6 +323,17 @@ export class ConnectFailed extends Data.TaggedError("ConnectFailed")<{
 
 /**
  * No connection became free within the pool's `acquireTimeout`.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { ReadPool, sql } from "effect-dbpool"
+ *
+ *
+ * const rows = ReadPool.use((pool) => pool.run(sql`SELECT * FROM test_values LIMIT ${10}`)).pipe(
+ *   Effect.catchTag("PoolTimeout", (e) => Effect.fail(`${e.pool} busy: ${e.stats.pending} waiting after ${e.timeoutMillis} ms`))
+ * )
+ * ```
  *
  * @since 0.1.0
  */
@@ -130,6 +347,17 @@ export class PoolTimeout extends Data.TaggedError("PoolTimeout")<{
 /**
  * The pool's Layer was released: it hands out no more connections.
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { sql, WritePool } from "effect-dbpool"
+ *
+ *
+ * const flush = WritePool.use((pool) => pool.run(sql`DELETE FROM sessions WHERE expires < now()`)).pipe(
+ *   Effect.catchTag("PoolClosed", (e) => Effect.logInfo(`${e.pool} closed: shutting down`))
+ * )
+ * ```
+ *
  * @since 0.1.0
  */
 export class PoolClosed extends Data.TaggedError("PoolClosed")<{
@@ -142,6 +370,17 @@ export class PoolClosed extends Data.TaggedError("PoolClosed")<{
  * cannot be sent, a transaction-control statement outside the transaction
  * API, a step on a finished partial transaction.
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { sql, WritePool } from "effect-dbpool"
+ *
+ *
+ * const bad = WritePool.use((pool) => pool.run(sql`COMMIT`)).pipe( // use pool.transaction instead
+ *   Effect.catchTag("InvalidInput", (e) => Effect.die(e.message))
+ * )
+ * ```
+ *
  * @since 0.1.0
  */
 export class InvalidInput extends Data.TaggedError("InvalidInput")<{
@@ -150,6 +389,17 @@ export class InvalidInput extends Data.TaggedError("InvalidInput")<{
 
 /**
  * Rows did not match the `Schema` they were decoded with.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Schema } from "effect"
+ * import { ReadPool, sql } from "effect-dbpool"
+ *
+ * const TestValue = Schema.Struct({ id: Schema.Number, val1: Schema.Number })
+ * const rows = ReadPool.use((pool) => pool.run(sql`SELECT id, val1::text AS val1 FROM test_values`, TestValue)).pipe(
+ *   Effect.catchTag("RowDecodeError", (e) => Effect.die(`unexpected rows from ${e.statement}`))
+ * )
+ * ```
  *
  * @since 0.1.0
  */
@@ -162,6 +412,16 @@ export class RowDecodeError extends Data.TaggedError("RowDecodeError")<{
 /**
  * A notification payload of 8000 bytes or more: Postgres refuses those, so
  * it is refused before it is sent.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Notifications } from "effect-dbpool"
+ *
+ * const announce = (body: string) => Notifications.Notifications.use((n) => n.notify("news", body)).pipe(
+ *   Effect.catchTag("PayloadTooLarge", (e) => Effect.logWarning(`${e.bytes} bytes > ${e.limit}: send an id instead`))
+ * )
+ * ```
  *
  * @since 0.1.0
  */
@@ -178,6 +438,19 @@ export class PayloadTooLarge extends Data.TaggedError("PayloadTooLarge")<{
  * subscriber decodes with. The listening connection and other subscribers
  * are not affected.
  *
+ * @example
+ * ```ts
+ * import { Effect, Schema, Stream } from "effect"
+ * import { Notifications } from "effect-dbpool"
+ *
+ * const Job = Schema.Struct({ id: Schema.Number })
+ * const worker = Stream.unwrap(Notifications.Notifications.useSync((n) => n.listen("jobs", Job))).pipe(
+ *   Notifications.payloads,
+ *   Stream.runForEach((job) => Effect.log(`job ${job.id}`)),
+ *   Effect.catchTag("PayloadDecodeError", (e) => Effect.logError(`bad payload on ${e.channel}: ${e.payload}`))
+ * )
+ * ```
+ *
  * @since 0.1.0
  */
 export class PayloadDecodeError extends Data.TaggedError("PayloadDecodeError")<{
@@ -191,6 +464,17 @@ export class PayloadDecodeError extends Data.TaggedError("PayloadDecodeError")<{
  * The listening connection could not be re-established within the
  * reconnect policy the pool was given; subscribed streams fail with this.
  *
+ * @example
+ * ```ts
+ * import { Effect, Stream } from "effect"
+ * import { Notifications } from "effect-dbpool"
+ *
+ * const watch = Stream.unwrap(Notifications.Notifications.useSync((n) => n.listen("changes"))).pipe(
+ *   Stream.runForEach((event) => Effect.log(event)),
+ *   Effect.catchTag("ListenerGaveUp", (e) => Effect.logError(`listening connection lost for good: ${e.message}`))
+ * )
+ * ```
+ *
  * @since 0.1.0
  */
 export class ListenerGaveUp extends Data.TaggedError("ListenerGaveUp")<{
@@ -200,6 +484,14 @@ export class ListenerGaveUp extends Data.TaggedError("ListenerGaveUp")<{
 
 /**
  * Every error an interaction with the database can fail with.
+ *
+ * @example
+ * ```ts
+ * import type { DbError } from "effect-dbpool"
+ *
+ * const isTransient = (e: DbError.DbError): boolean =>
+ *   e._tag === "SerializationFailure" || e._tag === "Deadlock" || e._tag === "PoolTimeout"
+ * ```
  *
  * @since 0.1.0
  */
@@ -226,6 +518,15 @@ export type DbError =
 /**
  * What a notification stream can fail with (besides `PayloadDecodeError`
  * when it decodes with a `Schema`).
+ *
+ * @example
+ * ```ts
+ * import { Stream } from "effect"
+ * import { type DbError, Notifications } from "effect-dbpool"
+ *
+ * const changes: Stream.Stream<Notifications.ListenEvent, DbError.ListenError, Notifications.Notifications> =
+ *   Stream.unwrap(Notifications.Notifications.useSync((n) => n.listen("changes")))
+ * ```
  *
  * @since 0.1.0
  */

@@ -32,6 +32,19 @@ import { WritePool, type WritePoolService } from "./WritePool.ts"
  * | `listenReconnect` | forever, 50 ms doubling to 2 s | — |
  * | `listenHealthCheckInterval` | 5 seconds | — |
  *
+ * @example
+ * ```ts
+ * import { Redacted } from "effect"
+ * import { DbPool } from "effect-dbpool"
+ *
+ * const config: DbPool.Config = {
+ *   url: Redacted.make("postgres://app:secret@primary:5432/app"),
+ *   readUrl: Redacted.make("postgres://app:secret@replica:5432/app"),
+ *   maxSize: 20, acquireTimeout: "5 seconds"
+ * }
+ * const PoolsLive = DbPool.layer(config)
+ * ```
+ *
  * @since 0.1.0
  */
 export interface Config {
@@ -182,6 +195,15 @@ export const layerConfig = (): Layer.Layer<WritePool | ReadPool | Notifications,
 /**
  * A further pair of pools with service keys of its own.
  *
+ * @example
+ * ```ts
+ * import { DbPool } from "effect-dbpool"
+ *
+ * const Analytics: DbPool.NamedPools<"analytics"> = DbPool.named("analytics")
+ * // Analytics.Write, Analytics.Read and Analytics.Notifications are its service keys
+ * const AnalyticsLive = Analytics.layerConfig() // reads ANALYTICS_DATABASE_URL, …
+ * ```
+ *
  * @since 0.1.0
  */
 export interface NamedPools<Name extends string> {
@@ -198,21 +220,66 @@ export interface NamedPools<Name extends string> {
   >
 }
 
-/** The service identifier of a named pool pair's notifications. @since 0.1.0 */
+/**
+ * The service identifier of a named pool pair's notifications.
+ *
+ * @example
+ * ```ts
+ * import type { Effect } from "effect"
+ * import { type DbError, DbPool } from "effect-dbpool"
+ *
+ * const Analytics = DbPool.named("analytics")
+ *
+ * const refresh: Effect.Effect<void, DbError.DbError, DbPool.NamedNotifications<"analytics">> =
+ *   Analytics.Notifications.use((notifications) => notifications.notify("refresh", "events"))
+ * ```
+ *
+ * @since 0.1.0
+ */
 export interface NamedNotifications<Name extends string> {
   readonly _: unique symbol
   readonly name: Name
   readonly kind: "notifications"
 }
 
-/** The service identifier of a named write pool. @since 0.1.0 */
+/**
+ * The service identifier of a named write pool.
+ *
+ * @example
+ * ```ts
+ * import type { Effect } from "effect"
+ * import { type DbError, DbPool, sql } from "effect-dbpool"
+ *
+ * const Analytics = DbPool.named("analytics")
+ *
+ * const record: Effect.Effect<unknown, DbError.DbError, DbPool.NamedWritePool<"analytics">> =
+ *   Analytics.Write.use((pool) => pool.run(sql`INSERT INTO events (kind) VALUES (${"login"})`))
+ * ```
+ *
+ * @since 0.1.0
+ */
 export interface NamedWritePool<Name extends string> {
   readonly _: unique symbol
   readonly name: Name
   readonly kind: "write"
 }
 
-/** The service identifier of a named read pool. @since 0.1.0 */
+/**
+ * The service identifier of a named read pool.
+ *
+ * @example
+ * ```ts
+ * import type { Effect } from "effect"
+ * import { type DbError, DbPool, sql } from "effect-dbpool"
+ *
+ * const Analytics = DbPool.named("analytics")
+ *
+ * const events: Effect.Effect<unknown, DbError.DbError, DbPool.NamedReadPool<"analytics">> =
+ *   Analytics.Read.use((pool) => pool.run(sql`SELECT count(*) FROM events`))
+ * ```
+ *
+ * @since 0.1.0
+ */
 export interface NamedReadPool<Name extends string> {
   readonly _: unique symbol
   readonly name: Name

@@ -10,6 +10,18 @@ import type { DbError } from "./DbError.ts"
 /**
  * A snapshot of a pool: connections idle and in use, callers waiting, bounds.
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { WritePool } from "effect-dbpool"
+ *
+ * const logStats = Effect.gen(function*() {
+ *   const pool = yield* WritePool
+ *   const stats = yield* pool.stats
+ *   yield* Effect.log(`${stats.pool}: ${stats.used}/${stats.max} in use, ${stats.idle} idle, ${stats.pending} waiting`)
+ * })
+ * ```
+ *
  * @since 0.1.0
  */
 export interface PoolStats {

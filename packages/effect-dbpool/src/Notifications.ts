@@ -23,6 +23,15 @@ import type { ListenError, PayloadDecodeError } from "./DbError.ts"
 /**
  * One notification.
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import type { Notifications } from "effect-dbpool"
+ *
+ * const onChange = (n: Notifications.Notification<{ readonly id: number }>) =>
+ *   Effect.log(`row ${n.payload.id} changed (${n.channel}, sent by backend ${n.pid})`)
+ * ```
+ *
  * @since 0.1.0
  */
 export interface Notification<A = string> {
@@ -37,6 +46,17 @@ export interface Notification<A = string> {
  * The LISTEN for this subscriber's channel is in place: first when the
  * stream starts, then after every reconnect (`resubscribed: true`).
  *
+ * @example
+ * ```ts
+ * import { Effect, Stream } from "effect"
+ * import { Notifications } from "effect-dbpool"
+ *
+ * const watch = (resync: Effect.Effect<void>) =>
+ *   Stream.unwrap(Notifications.Notifications.useSync((n) => n.listen("changes"))).pipe(
+ *     Stream.runForEach((event) => event._tag === "Subscribed" && event.resubscribed ? resync : Effect.void)
+ *   )
+ * ```
+ *
  * @since 0.1.0
  */
 export interface Subscribed {
@@ -48,11 +68,31 @@ export interface Subscribed {
 /**
  * What a notification stream emits.
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import type { Notifications } from "effect-dbpool"
+ *
+ * const handle = (event: Notifications.ListenEvent) =>
+ *   event._tag === "Subscribed" ? Effect.log(`listening on ${event.channel}`) : Effect.log(`got ${event.payload}`)
+ * ```
+ *
  * @since 0.1.0
  */
 export type ListenEvent<A = string> = Notification<A> | Subscribed
 
 /**
+ * @example
+ * ```ts
+ * import { Schema, Stream } from "effect"
+ * import { Notifications } from "effect-dbpool"
+ *
+ * const Job = Schema.Struct({ id: Schema.Number })
+ * const jobs = Stream.unwrap(Notifications.Notifications.useSync((n) =>
+ *   n.listen("jobs", Job, { bufferSize: 10_000, onDecodeError: "skip" })
+ * ))
+ * ```
+ *
  * @since 0.1.0
  */
 export interface ListenOptions {
@@ -75,6 +115,19 @@ export interface ListenOptions {
 /**
  * The listening connection's state.
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Notifications } from "effect-dbpool"
+ *
+ * const check = Effect.gen(function*() {
+ *   const stats = yield* (yield* Notifications.Notifications).stats
+ *   if (!stats.connected || stats.dropped > 0) {
+ *     yield* Effect.logWarning(`${stats.pool}: connected=${stats.connected}, ${stats.dropped} dropped`)
+ *   }
+ * })
+ * ```
+ *
  * @since 0.1.0
  */
 export interface ListenerStats {
@@ -90,6 +143,18 @@ export interface ListenerStats {
 
 /**
  * The notification service of a pool pair, provided by its Layer.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Notifications } from "effect-dbpool"
+ *
+ * const wake = Effect.gen(function*() {
+ *   const notifications: Notifications.NotificationsService = yield* Notifications.Notifications
+ *   yield* notifications.notify("jobs", "wake up")
+ *   return yield* notifications.listenerPid
+ * })
+ * ```
  *
  * @since 0.1.0
  */

@@ -35,6 +35,19 @@ import type { DbError } from "./DbError.ts"
  * lost connection, further steps fail with `InvalidInput` (finished) or
  * `ConnectionLost`.
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { type PartialTransaction, sql } from "effect-dbpool"
+ *
+ * const finish = (tx: PartialTransaction.PartialTransaction, id: number) =>
+ *   Effect.gen(function*() {
+ *     yield* tx.run(sql`UPDATE test_values SET val1 = val1 + 1 WHERE id = ${id}`)
+ *     yield* tx.notify("changes", String(id)) // delivered at commit
+ *     yield* tx.commit
+ *   })
+ * ```
+ *
  * @since 0.1.0
  */
 export interface PartialTransaction {

@@ -17,6 +17,14 @@ const TypeId: unique symbol = Symbol.for("effect-dbpool/Statement")
  * plain objects and `sql.json(...)` become `jsonb`, `Uint8Array` becomes
  * `bytea`, `bigint` becomes `int8`, `Date` becomes `timestamptz`.
  *
+ * @example
+ * ```ts
+ * import { Statement } from "effect-dbpool"
+ *
+ * const params: ReadonlyArray<Statement.Value> = [42, "text", 1n, new Date(), [1, 2, 3], { tags: ["a"] }]
+ * Statement.text("INSERT INTO t VALUES ($1, $2, $3, $4, $5, $6)", params)
+ * ```
+ *
  * @since 0.1.0
  */
 export type Value =

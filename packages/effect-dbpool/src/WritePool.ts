@@ -14,6 +14,19 @@ import type { PartialTransaction } from "./PartialTransaction.ts"
  * What the write pool offers: every {@link InteractionPool} operation, plus
  * partial transactions.
  *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { sql, WritePool } from "effect-dbpool"
+ *
+ * const lockRow = Effect.gen(function*() {
+ *   const pool = yield* WritePool // every InteractionPool operation, plus partialTransaction
+ *   const tx = yield* pool.partialTransaction({ isolationLevel: "repeatable read" })
+ *   yield* tx.run(sql`SELECT * FROM test_values WHERE id = ${459} FOR UPDATE`)
+ *   return tx // rolls back when the enclosing scope closes without tx.commit
+ * })
+ * ```
+ *
  * @since 0.1.0
  */
 export interface WritePoolService extends InteractionPool {
