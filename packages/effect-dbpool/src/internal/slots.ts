@@ -25,6 +25,8 @@ interface Waiter {
   readonly mode: Mode
   readonly resume: (exit: Exit.Exit<Conn.Conn, DbError.DbError>) => void
   conn: Conn.Conn | undefined
+  /** A connection is being opened on this waiter's behalf: if that fails, the waiter gets the error. */
+  opening: boolean
 }
 
 export interface SlotsSettings {
@@ -117,34 +119,56 @@ export const make = (
       }
     }
 
-    const openOne = Effect.suspend(() => {
-      const scope = Scope.makeUnsafe()
-      return Scope.provide(open, scope).pipe(
-        Effect.matchCauseEffect({
-          onFailure: (cause) =>
-            Effect.andThen(Scope.close(scope, Exit.void), Effect.sync(() => {
-              opening--
-              // The connect error goes to the first waiter, so it surfaces instead of a timeout.
-              const w = waiters.shift()
-              const error = Cause.findErrorOption(cause)
-              w?.resume(error._tag === "Some" ? Exit.fail(error.value) : Exit.failCause(cause as Cause.Cause<never>))
-              // The others are not left to time out: each next waiter gets an attempt of its own (the server may be back).
-              if (waiters.length > 0 && size() < settings.maxSize) startOpening()
-            })),
-          onSuccess: (conn) =>
-            Effect.sync(() => {
-              opening--
-              if (closed) return void Effect.runFork(Scope.close(scope, Exit.void))
-              scopes.set(conn, scope)
-              handOff(conn)
-            })
-        })
-      )
-    })
+    /**
+     * Opens a connection, on behalf of `owner` if given. A failure goes to its
+     * owner only — a stale failure from an attempt made during an outage must
+     * not reach a caller who came later — and an ownerless one (minSize
+     * top-up) to nobody.
+     */
+    const openOne = (owner: Waiter | undefined) =>
+      Effect.suspend(() => {
+        const scope = Scope.makeUnsafe()
+        return Scope.provide(open, scope).pipe(
+          Effect.matchCauseEffect({
+            onFailure: (cause) =>
+              Effect.andThen(Scope.close(scope, Exit.void), Effect.sync(() => {
+                opening--
+                if (owner !== undefined) {
+                  owner.opening = false
+                  const i = waiters.indexOf(owner)
+                  if (i !== -1) {
+                    waiters.splice(i, 1)
+                    const error = Cause.findErrorOption(cause)
+                    owner.resume(error._tag === "Some" ? Exit.fail(error.value) : Exit.failCause(cause as Cause.Cause<never>))
+                  }
+                }
+                openForWaiters()
+              })),
+            onSuccess: (conn) =>
+              Effect.sync(() => {
+                opening--
+                if (owner !== undefined) owner.opening = false
+                if (closed) return void Effect.runFork(Scope.close(scope, Exit.void))
+                scopes.set(conn, scope)
+                handOff(conn)
+                openForWaiters()
+              })
+          })
+        )
+      })
 
-    const startOpening = () => {
+    const startOpening = (owner?: Waiter) => {
       opening++
-      background(openOne)
+      if (owner !== undefined) owner.opening = true
+      background(openOne(owner))
+    }
+
+    /** Waiters with no connection being opened for them get one, while the pool has room. */
+    const openForWaiters = () => {
+      for (const w of waiters) {
+        if (closed || size() >= settings.maxSize) return
+        if (!w.opening) startOpening(w)
+      }
     }
 
     const topUp = () => {
@@ -189,13 +213,14 @@ export const make = (
         const w: Waiter = {
           mode,
           conn: undefined,
+          opening: false,
           resume: (exit) => {
             clearTimeout(timer)
             resume(exit)
           }
         }
         waiters.push(w)
-        if (size() < settings.maxSize) startOpening()
+        openForWaiters()
         const timer = setTimeout(() => {
           const i = waiters.indexOf(w)
           if (i === -1) return
@@ -234,7 +259,7 @@ export const make = (
       }
       if (closed || !reusable(conn)) {
         discard(conn)
-        if (waiters.length > 0 && size() < settings.maxSize) startOpening()
+        openForWaiters()
         topUp()
         return
       }
