@@ -8,7 +8,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Data, Deferred, Effect, Exit, Fiber } from "effect"
 import { sql, WritePool } from "effect-dbpool"
 import { afterAll, afterEach, expect } from "vitest"
-import { harness, poll } from "./support.ts"
+import { harness, outsideTransaction, poll } from "./support.ts"
 
 const h = harness("partial-transaction")
 
@@ -82,21 +82,6 @@ const lockRefused = (exit: Exit.Exit<unknown, { readonly _tag: string }>): boole
 
 const lockTaken = (exit: Exit.Exit<ReadonlyArray<unknown>, unknown>): boolean => Exit.isSuccess(exit) && exit.value.length === 1
 
-/**
- * Is the pool's connection outside any transaction? Two statements of one
- * interaction get different transaction ids only if each ran in its own
- * implicit transaction; inside a leftover transaction both see the same one.
- */
-const outsideTransaction = Effect.gen(function*() {
-  const pool = yield* WritePool
-  return yield* pool.interaction((conn) =>
-    Effect.gen(function*() {
-      const [x] = yield* conn.run(sql`SELECT pg_current_xact_id()::text AS xid`)
-      const [y] = yield* conn.run(sql`SELECT pg_current_xact_id()::text AS xid`)
-      return x?.["xid"] !== undefined && x["xid"] !== y?.["xid"]
-    })
-  )
-})
 
 describe("partial transactions", () => {
   it.live("a row lock taken in one step is held across other work until the step that commits", () =>

@@ -4,7 +4,7 @@
  * (pg_stat_activity, pg_locks), so tests check what Postgres sees.
  */
 import { Effect, Layer, Redacted, References } from "effect"
-import { DbPool, type Notifications, type ReadPool, type WritePool } from "effect-dbpool"
+import { DbPool, type Notifications, type ReadPool, sql, WritePool } from "effect-dbpool"
 import postgres from "postgres"
 import { afterAll, afterEach, expect, inject } from "vitest"
 
@@ -33,6 +33,22 @@ export interface Harness {
     test: (original: ReadonlyMap<number, number>) => Effect.Effect<A, E>
   ) => Effect.Effect<A, E>
 }
+
+/**
+ * Is the pool's connection outside any transaction? Two statements of one
+ * interaction get different transaction ids only if each ran in its own
+ * implicit transaction; inside a leftover transaction both see the same one.
+ */
+export const outsideTransaction = Effect.gen(function*() {
+  const pool = yield* WritePool
+  return yield* pool.interaction((conn) =>
+    Effect.gen(function*() {
+      const [x] = yield* conn.run(sql`SELECT pg_current_xact_id()::text AS xid`)
+      const [y] = yield* conn.run(sql`SELECT pg_current_xact_id()::text AS xid`)
+      return x?.["xid"] !== undefined && x["xid"] !== y?.["xid"]
+    })
+  )
+})
 
 /** Repeats `check` until `ok` holds or `millis` have passed; returns the last result. */
 export const poll = <A>(check: Effect.Effect<A>, ok: (a: A) => boolean, millis = 3000): Effect.Effect<A> =>

@@ -7,7 +7,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Data, Deferred, Effect, Exit, Fiber } from "effect"
 import { sql, WritePool } from "effect-dbpool"
-import { harness, poll } from "./support.ts"
+import { harness, outsideTransaction, poll } from "./support.ts"
 
 const h = harness("transactions")
 
@@ -40,21 +40,6 @@ const idleInTransaction = Effect.map(h.sessions, (ss) => ss.filter((s) => s.stat
 
 const update = (id: number, value: number) => sql`UPDATE test_values SET val1 = ${value} WHERE id = ${id}`
 
-/**
- * Is the pool's connection outside any transaction? Two statements of one
- * interaction get different transaction ids only if each ran in its own
- * implicit transaction; inside a leftover transaction both see the same one.
- */
-const outsideTransaction = Effect.gen(function*() {
-  const pool = yield* WritePool
-  return yield* pool.interaction((conn) =>
-    Effect.gen(function*() {
-      const [x] = yield* conn.run(sql`SELECT pg_current_xact_id()::text AS xid`)
-      const [y] = yield* conn.run(sql`SELECT pg_current_xact_id()::text AS xid`)
-      return x?.["xid"] !== undefined && x["xid"] !== y?.["xid"]
-    })
-  )
-})
 
 const pidOf = Effect.gen(function*() {
   const pool = yield* WritePool

@@ -52,6 +52,21 @@ export const sqlStateClass = (sqlState: string): string => {
   return `${cls} ${classNames[cls] ?? "Unknown Class"}`
 }
 
+/** The SQLSTATEs with a tag of their own; every other one is a `DatabaseError`. */
+const byCode: Record<string, new(fields: DbError.ServerErrorFields) => DbError.DbError> = {
+  "23505": DbError.UniqueViolation,
+  "23503": DbError.ForeignKeyViolation,
+  "23514": DbError.CheckViolation,
+  "23502": DbError.NotNullViolation,
+  "40001": DbError.SerializationFailure,
+  "40P01": DbError.Deadlock,
+  "55P03": DbError.LockNotAvailable,
+  "57014": DbError.StatementTimeout,
+  "25006": DbError.ReadOnlyTransaction,
+  "42601": DbError.SyntaxError,
+  "25P02": DbError.TransactionAborted
+}
+
 /** The fields postgres.js puts on a `PostgresError` (typed loosely: errors arrive as `unknown`). */
 interface DriverError {
   readonly message?: unknown
@@ -131,30 +146,6 @@ export const fromDriver = (u: unknown, statement: string | undefined): DbError.D
   if (endsSession(e, code)) {
     return new DbError.ConnectionLost({ message: `connection lost: ${message}`, sqlState: code, sqlStateClass: fields.sqlStateClass, statement })
   }
-  switch (code) {
-    case "23505":
-      return new DbError.UniqueViolation(fields)
-    case "23503":
-      return new DbError.ForeignKeyViolation(fields)
-    case "23514":
-      return new DbError.CheckViolation(fields)
-    case "23502":
-      return new DbError.NotNullViolation(fields)
-    case "40001":
-      return new DbError.SerializationFailure(fields)
-    case "40P01":
-      return new DbError.Deadlock(fields)
-    case "55P03":
-      return new DbError.LockNotAvailable(fields)
-    case "57014":
-      return new DbError.StatementTimeout(fields)
-    case "25006":
-      return new DbError.ReadOnlyTransaction(fields)
-    case "42601":
-      return new DbError.SyntaxError(fields)
-    case "25P02":
-      return new DbError.TransactionAborted(fields)
-    default:
-      return new DbError.DatabaseError(fields)
-  }
+  const Tagged = byCode[code]
+  return Tagged === undefined ? new DbError.DatabaseError(fields) : new Tagged(fields)
 }

@@ -109,7 +109,7 @@ const firstWordAt = (text: string): string => {
  * through the transaction API, which keeps track of the connection's state;
  * a raw `BEGIN` would hand a connection back to the pool inside a transaction.
  */
-export const isTransactionControl = (text: string): boolean => transactionControl.test(firstWordAt(text))
+export const isTransactionControl = (text: string): boolean => classify(text) === "transaction control"
 
 const sessionSetting = /^(?:set(?!\s+local\b)|reset|discard|create\s+(?:(?:local|global)\s+)?temp(?:orary)?\b)\b/i
 
@@ -119,4 +119,22 @@ const sessionSetting = /^(?:set(?!\s+local\b)|reset|discard|create\s+(?:(?:local
  * `DISCARD`, `CREATE TEMP …`)? Such a connection is reset before it goes
  * back to the pool, and such a statement never shares its connection.
  */
-export const changesSession = (text: string): boolean => sessionSetting.test(firstWordAt(text))
+export const changesSession = (text: string): boolean => classify(text) === "session change"
+
+type Kind = "transaction control" | "session change" | "plain"
+
+/** Statement texts repeat (they come from templates): each is classified once. Bounded, and cleared when full. */
+const kinds = new Map<string, Kind>()
+
+const classify = (text: string): Kind => {
+  let kind = kinds.get(text)
+  if (kind === undefined) {
+    const word = firstWordAt(text)
+    kind = transactionControl.test(word) ? "transaction control" : sessionSetting.test(word) ? "session change" : "plain"
+    if (text.length <= 4096) {
+      if (kinds.size >= 2048) kinds.clear()
+      kinds.set(text, kind)
+    }
+  }
+  return kind
+}
