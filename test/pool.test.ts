@@ -162,14 +162,17 @@ describe("pool lifecycle and sizes", () => {
       const context = yield* Layer.buildWithScope(h.pools({ minSize: 2, maxSize: 4 }), scope)
       const write = Context.get(context, WritePool)
       const read = Context.get(context, ReadPool)
-      // readMinSize defaults to minSize: 2 write + 2 read connections, opened without any use.
-      yield* eventually("the minSize connections", Effect.all([write.stats, read.stats]), ([w, r]) => w.idle === 2 && r.idle === 2)
-      assert.strictEqual(yield* sessionCount, 4)
-      assert.deepStrictEqual(yield* write.stats, { pool: "default/write", idle: 2, used: 0, pending: 0, min: 2, max: 4 })
-      assert.deepStrictEqual(yield* read.stats, { pool: "default/read", idle: 2, used: 0, pending: 0, min: 2, max: 4 })
+      // minSize is the write pool's: 2 write connections opened without any use; the read pool opens none until used.
+      yield* eventually("the minSize connections", write.stats, (w) => w.idle === 2)
+      assert.strictEqual(yield* sessionCount, 2)
+      // Both pools and the listener on one server: up to 4 + 4 + 1 backends.
+      assert.deepStrictEqual(yield* write.stats, { pool: "default/write", idle: 2, used: 0, pending: 0, min: 2, max: 4, serverMax: 9 })
+      assert.deepStrictEqual(yield* read.stats, { pool: "default/read", idle: 0, used: 0, pending: 0, min: 0, max: 4, serverMax: 9 })
+      yield* read.run(sql`SELECT 1`)
+      assert.strictEqual(yield* sessionCount, 3)
       // Grow the write pool to its max, so that release has connections above minSize to close too.
       yield* openConnections(write, 4)
-      assert.strictEqual(yield* sessionCount, 6)
+      assert.strictEqual(yield* sessionCount, 5)
 
       const started = Date.now()
       yield* Scope.close(scope, Exit.void)
@@ -463,28 +466,28 @@ describe("stats", () => {
       const pool = yield* WritePool
       const readPool = yield* ReadPool
       const s0 = yield* eventually("the minSize connection", pool.stats, (s) => s.idle === 1)
-      assert.deepStrictEqual(s0, { pool: "default/write", idle: 1, used: 0, pending: 0, min: 1, max: 2 })
+      assert.deepStrictEqual(s0, { pool: "default/write", idle: 1, used: 0, pending: 0, min: 1, max: 2, serverMax: 5 })
 
       const release = yield* Deferred.make<void>()
       const holders = yield* Effect.forkChild(
         Effect.forEach([1, 2], () => pool.interaction(() => Deferred.await(release)), { concurrency: "unbounded" })
       )
       const s1 = yield* eventually("two held connections", pool.stats, (s) => s.used === 2)
-      assert.deepStrictEqual(s1, { pool: "default/write", idle: 0, used: 2, pending: 0, min: 1, max: 2 })
+      assert.deepStrictEqual(s1, { pool: "default/write", idle: 0, used: 2, pending: 0, min: 1, max: 2, serverMax: 5 })
 
       const waiters = yield* Effect.forkChild(
         Effect.forEach([1, 2, 3], () => pool.run(sql`SELECT 1`), { concurrency: "unbounded" })
       )
       const s2 = yield* eventually("three waiters", pool.stats, (s) => s.pending === 3)
-      assert.deepStrictEqual(s2, { pool: "default/write", idle: 0, used: 2, pending: 3, min: 1, max: 2 })
+      assert.deepStrictEqual(s2, { pool: "default/write", idle: 0, used: 2, pending: 3, min: 1, max: 2, serverMax: 5 })
       // The read pool is a pool of its own.
-      assert.deepStrictEqual(yield* readPool.stats, { pool: "default/read", idle: 0, used: 0, pending: 0, min: 0, max: 2 })
+      assert.deepStrictEqual(yield* readPool.stats, { pool: "default/read", idle: 0, used: 0, pending: 0, min: 0, max: 2, serverMax: 5 })
 
       yield* Deferred.succeed(release, undefined)
       yield* Fiber.join(holders)
       yield* Fiber.join(waiters)
       const s3 = yield* pool.stats
-      assert.deepStrictEqual(s3, { pool: "default/write", idle: 2, used: 0, pending: 0, min: 1, max: 2 })
+      assert.deepStrictEqual(s3, { pool: "default/write", idle: 2, used: 0, pending: 0, min: 1, max: 2, serverMax: 5 })
       assert.strictEqual(yield* sessionCount, 2)
     }).pipe(Effect.provide(h.pools({ minSize: 1, readMinSize: 0, maxSize: 2 }))))
 })
@@ -602,8 +605,8 @@ describe("configuration from the environment", () => {
       const read = yield* ReadPool
       yield* eventually("the configured minSize", write.stats, (s) => s.idle === 1)
       assert.strictEqual(yield* sessionCount, 1)
-      assert.deepStrictEqual(yield* write.stats, { pool: "default/write", idle: 1, used: 0, pending: 0, min: 1, max: 2 })
-      assert.deepStrictEqual(yield* read.stats, { pool: "default/read", idle: 0, used: 0, pending: 0, min: 0, max: 3 })
+      assert.deepStrictEqual(yield* write.stats, { pool: "default/write", idle: 1, used: 0, pending: 0, min: 1, max: 2, serverMax: 6 })
+      assert.deepStrictEqual(yield* read.stats, { pool: "default/read", idle: 0, used: 0, pending: 0, min: 0, max: 3, serverMax: 6 })
       // DATABASE_ACQUIRE_TIMEOUT
       const release = yield* Deferred.make<void>()
       const holders = yield* Effect.forkChild(
@@ -635,7 +638,7 @@ describe("configuration from the environment", () => {
   it.live("a named pool reads its own prefixed variables (ANALYTICS_DATABASE_URL, …)", () =>
     Effect.gen(function*() {
       const analytics = yield* Analytics.Write
-      assert.deepStrictEqual(yield* analytics.stats, { pool: "analytics/write", idle: 0, used: 0, pending: 0, min: 0, max: 3 })
+      assert.deepStrictEqual(yield* analytics.stats, { pool: "analytics/write", idle: 0, used: 0, pending: 0, min: 0, max: 3, serverMax: 7 })
       assert.isAbove(yield* backendPid(analytics), 0)
       assert.strictEqual(yield* sessionCount, 1)
     }).pipe(Effect.provide(
@@ -807,7 +810,7 @@ describe("postgres.js hazards do not reach users", () => {
 
   it.live("releasing the Layer while connections are dead, doubtful or freshly replaced is bounded", () =>
     withPools(
-      { minSize: 2, maxSize: 3 },
+      { minSize: 2, readMinSize: 2, maxSize: 3 },
       Effect.gen(function*() {
         const pool = yield* WritePool
         const read = yield* ReadPool

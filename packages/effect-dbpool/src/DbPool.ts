@@ -23,7 +23,7 @@ import { WritePool, type WritePoolService } from "./WritePool.ts"
  * | `url` | — | `DATABASE_URL` |
  * | `readUrl` | `url`, in read-only sessions | `DATABASE_READ_URL` |
  * | `minSize` / `maxSize` | 0 / 10 | `DATABASE_POOL_MIN` / `DATABASE_POOL_MAX` |
- * | `readMinSize` / `readMaxSize` | `minSize` / `maxSize` | `DATABASE_READ_POOL_MIN` / `DATABASE_READ_POOL_MAX` |
+ * | `readMinSize` / `readMaxSize` | 0 / `maxSize` | `DATABASE_READ_POOL_MIN` / `DATABASE_READ_POOL_MAX` |
  * | `acquireTimeout` | 30 seconds | `DATABASE_ACQUIRE_TIMEOUT` |
  * | `connectTimeout` | 10 seconds | `DATABASE_CONNECT_TIMEOUT` |
  * | `idleTimeout` | 10 minutes | `DATABASE_IDLE_TIMEOUT` |
@@ -81,10 +81,20 @@ const describeServer = (url: Redacted.Redacted<string>): string => {
   }
 }
 
+const sizes = (config: Config, kind: "write" | "read") => {
+  // The read pool opens nothing until it is used: its minimum is its own setting, never the write pool's.
+  const minSize = kind === "read" ? config.readMinSize ?? 0 : config.minSize ?? 0
+  const maxSize = Math.max(1, minSize, kind === "read" ? config.readMaxSize ?? config.maxSize ?? 10 : config.maxSize ?? 10)
+  return { minSize, maxSize }
+}
+
 const settings = (config: Config, name: string, kind: "write" | "read"): Pool.Settings => {
   const url = kind === "read" && config.readUrl !== undefined ? config.readUrl : config.url
-  const minSize = kind === "read" ? config.readMinSize ?? config.minSize ?? 0 : config.minSize ?? 0
-  const maxSize = Math.max(1, minSize, kind === "read" ? config.readMaxSize ?? config.maxSize ?? 10 : config.maxSize ?? 10)
+  const { maxSize, minSize } = sizes(config, kind)
+  // Without a readUrl (or with one naming the same server) both pools and the listener open backends on one server.
+  const sameServer = config.readUrl === undefined || describeServer(config.readUrl) === describeServer(config.url)
+  const other = sizes(config, kind === "read" ? "write" : "read").maxSize
+  const listener = kind === "write" || sameServer ? 1 : 0
   return {
     name: `${name}/${kind}`,
     url,
@@ -92,6 +102,7 @@ const settings = (config: Config, name: string, kind: "write" | "read"): Pool.Se
     readOnly: kind === "read",
     minSize,
     maxSize,
+    serverMax: maxSize + (sameServer ? other : 0) + listener,
     acquireTimeout: Duration.fromInputUnsafe(config.acquireTimeout ?? "30 seconds"),
     // Timers fire at once above 2^31-1 ms (Infinity included): an unbounded connect timeout is the largest bounded one.
     connectTimeoutMillis: Math.min(Duration.toMillis(Duration.fromInputUnsafe(config.connectTimeout ?? "10 seconds")), 2 ** 31 - 1),

@@ -31,6 +31,14 @@ export interface PoolStats {
   readonly pending: number
   readonly min: number
   readonly max: number
+  /**
+   * The most backends the Layer this pool belongs to may open on this pool's
+   * server: this pool's `max`, plus the other pool's `max` when both use the
+   * same server (no `readUrl`), plus the one listening connection when it is
+   * on this server too (it uses the write URL). `DbPool.layer({ url, maxSize: 16 })`
+   * may open 33 backends on the server; keep this below `max_connections`.
+   */
+  readonly serverMax: number
 }
 
 /**

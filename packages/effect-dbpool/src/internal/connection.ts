@@ -4,17 +4,22 @@
  * not the driver — decides when a connection is reused, rolled back or
  * thrown away. The driver's own pool, `begin` and `reserve` are never used:
  * they are where its failure modes live.
+ *
+ * This module owns what is on a connection's wire and in its session: its
+ * {@link Wire} state, its transaction depth, whether a statement failed in
+ * the transaction, whether the session was changed. Only the functions here
+ * change them; the slots (who holds the connection) live in `slots.ts`.
  */
-import { Effect, Redacted, Schema, type Scope } from "effect"
+import { Clock, Effect, Option, Redacted, Schema, type Scope } from "effect"
 import postgres from "postgres"
 import type { Connection, Row, TransactionOptions } from "../Connection.ts"
 import * as DbError from "../DbError.ts"
 import type { Statement, Value } from "../Statement.ts"
+import { arrayTypesQuery, installArrayParsers } from "./arrays.ts"
 import { fromDriver, isConnectionFailure, sqlStateClass } from "./errors.ts"
 import { arrayText, arrayTypeOid, isJsonObject, Json } from "./literal.ts"
-import { arrayTypesQuery, installArrayParsers } from "./arrays.ts"
 import * as Notify from "./notify.ts"
-import { changesSession, isTransactionControl } from "./sqlText.ts"
+import { classify } from "./sqlText.ts"
 
 /** How to open connections; derived from the pool's config. */
 export interface ConnectOptions {
@@ -27,30 +32,28 @@ export interface ConnectOptions {
   readonly applicationName: string
 }
 
-/** Mutable state of one connection, owned by whoever holds it from the pool. */
+/**
+ * What is on the wire:
+ * - `ready`: nothing of ours is in doubt; the connection may be reused.
+ * - `cancelling`: a cancel request for its statement is being sent and the statement awaited; nobody may join.
+ * - `doubtful`: a cancel request may still land on whatever runs next: retire it.
+ * - `dead`: the socket closed or a statement failed with a connection error: never use it again.
+ *
+ * `ready → cancelling → ready | doubtful | dead`, and `* → dead`; nothing leaves `doubtful` or `dead`.
+ */
+export type Wire = "ready" | "cancelling" | "doubtful" | "dead"
+
+/** One connection's wire and session state, changed only by this module. */
 export class Conn {
-  /** The socket closed or a statement failed with a connection error: never use again. */
-  dead = false
-  /** A cancel request may still be on its way to the server: retire rather than reuse. */
-  doubtful = false
+  wire: Wire = "ready"
   /** 0 outside a transaction, 1 inside one, more inside savepoints. */
   txDepth = 0
   /** A statement failed inside the current transaction: the server ignores the rest until rollback. */
   failed = false
-  /** A `SET` (without `LOCAL`) ran: settings are reset before the connection is reused. */
+  /** A `SET` (without `LOCAL`) or the like ran: the session is reset before the connection is reused. */
   sessionChanged = false
-  /** Autocommit statements pipelined on this connection right now (0 when idle or held exclusively). */
-  sharers = 0
-  /** Held by one interaction, transaction or partial transaction. */
-  exclusive = false
-  /** A cancel request for a statement on it is in flight: no statement may join it meanwhile. */
-  cancelling = false
-  /** Bumped at every check-in: a handle from an earlier hand-out sees it changed and refuses to run. */
-  lease = 0
   /** Makes savepoint names unique on this connection. */
   savepoints = 0
-  /** When it last went idle (ms since epoch), for the idle timeout. */
-  idleSince = Date.now()
   pid = 0
   readonly sql: postgres.Sql
   readonly server: string
@@ -61,6 +64,16 @@ export class Conn {
     this.expiresAt = expiresAt
   }
 }
+
+const markDead = (conn: Conn): void => {
+  conn.wire = "dead"
+}
+
+/** Can the connection take more work (now = the pool clock's milliseconds)? */
+export const reusable = (conn: Conn, now: number): boolean => conn.wire === "ready" && now < conn.expiresAt
+
+/** Does it need a rollback or a session reset before it goes back? */
+export const needsCleanup = (conn: Conn): boolean => conn.wire !== "dead" && (conn.txDepth > 0 || conn.sessionChanged)
 
 const lost = (conn: Conn, statement: string | undefined) =>
   new DbError.ConnectionLost({ message: `connection to ${conn.server} was lost`, statement })
@@ -98,79 +111,131 @@ const driver = (options: ConnectOptions, onclose: () => void): postgres.Sql =>
     }
   })
 
-/** Opens a connection and learns its backend pid; the scope closes it. */
+/**
+ * Opens a connection and learns its backend pid; the scope closes it.
+ * Interruptible while connecting: an interrupted attempt destroys what it started.
+ */
 export const open = (options: ConnectOptions): Effect.Effect<Conn, DbError.DbError, Scope.Scope> =>
-  Effect.acquireRelease(
-    Effect.suspend(() => {
+  Effect.uninterruptibleMask((restore) =>
+    Effect.gen(function*() {
+      const now = yield* Clock.currentTimeMillis
       // Up to 10% less than the max lifetime, so that connections opened together do not all retire together.
-      const expiresAt = Date.now() + options.maxLifetimeMillis * (1 - Math.random() * 0.1)
+      const expiresAt = now + options.maxLifetimeMillis * (1 - Math.random() * 0.1)
       let conn: Conn | undefined
       let sql: postgres.Sql
       try {
         sql = driver(options, () => {
-          if (conn !== undefined) conn.dead = true
+          if (conn !== undefined) markDead(conn)
         })
       } catch {
         // The driver throws on a URL it cannot parse, with the URL in the error: say so without repeating it.
-        return Effect.fail(
-          new DbError.ConnectFailed({ message: `cannot connect: the connection URL is not valid`, server: options.server })
-        )
+        return yield* new DbError.ConnectFailed({ message: `cannot connect: the connection URL is not valid`, server: options.server })
       }
-      conn = new Conn(sql, options.server, expiresAt)
-      const c = conn
-      return Effect.tryPromise({
+      const c = new Conn(sql, options.server, expiresAt)
+      conn = c
+      const rows = yield* restore(Effect.tryPromise({
         try: () => sql.unsafe(`SELECT pg_backend_pid() AS pid, ${arrayTypesQuery} AS array_types`),
         catch: (cause) => connectFailed(options.server, cause)
-      }).pipe(
-        Effect.map((rows) => {
-          c.pid = Number(rows[0]?.["pid"])
-          installArrayParsers(sql, rows[0]?.["array_types"])
-          return c
-        }),
+      })).pipe(
+        // Failed or interrupted before the scope owns it: nothing to end gracefully (end() would wait its full timeout).
         Effect.onError(() =>
           Effect.suspend(() => {
-            // Nothing to end gracefully: without this, end() would wait its full timeout for a connection that never was.
-            c.dead = true
+            markDead(c)
             return close(c)
           })
         )
       )
-    }),
-    close
+      c.pid = Number(rows[0]?.["pid"])
+      installArrayParsers(sql, rows[0]?.["array_types"])
+      yield* Effect.addFinalizer(() => close(c))
+      return c
+    })
   )
 
 /** Ends the driver instance; a connection that will not end gracefully within a second is destroyed. */
 export const close = (conn: Conn): Effect.Effect<void> =>
-  Effect.promise(() => conn.sql.end({ timeout: conn.dead || conn.doubtful ? 0 : 1 }).catch(() => undefined)).pipe(
+  Effect.promise(() => conn.sql.end({ timeout: conn.wire === "ready" ? 1 : 0 }).catch(() => undefined)).pipe(
     Effect.timeout(3000),
     Effect.ignore
   )
 
+// ---------------------------------------------------------------------------
+// parameters: checked and converted before a connection is acquired
+// ---------------------------------------------------------------------------
+
+/**
+ * Parameter objects (`json`, `typed`) are plain values that any postgres.js
+ * instance serialises; this one never connects, so parameters can be built
+ * before a connection is acquired.
+ */
+const parameters = postgres({ max: 1, fetch_types: false })
+
 const jsonNull = { toJSON: () => null }
 
-const toDriverValue = (conn: Conn, value: unknown): unknown => {
+/** A value the driver can send, or a reason why not. */
+const toDriverValue = (value: unknown): unknown => {
   if (value === undefined) return null
   // Json holds any JSON-encodable value; a JSON null must not become SQL NULL, so it is sent as an object serialising to null.
-  if (value instanceof Json) return conn.sql.json((value.value === null ? jsonNull : value.value) as postgres.JSONValue)
-  if (value instanceof Date && Number.isNaN(value.getTime())) throw new RangeError("an invalid Date cannot be sent")
+  if (value instanceof Json) return parameters.json((value.value === null ? jsonNull : value.value) as postgres.JSONValue)
+  if (value instanceof Date && Number.isNaN(value.getTime())) return new RangeError("an invalid Date cannot be sent")
   // Arrays are sent as array literals, typed like the dry run types them (the driver would name the element type).
-  if (Array.isArray(value)) return conn.sql.typed(arrayText(value), arrayTypeOid(value))
-  if (isJsonObject(value)) return conn.sql.json(value as postgres.JSONValue) // a plain object is JSON by definition of isJsonObject
+  if (Array.isArray(value)) return parameters.typed(arrayText(value), arrayTypeOid(value))
+  if (isJsonObject(value)) return parameters.json(value as postgres.JSONValue) // a plain object is JSON by definition of isJsonObject
   const type = typeof value
-  if (type === "function" || type === "symbol") throw new TypeError(`a ${type} cannot be sent as a parameter`)
+  if (type === "function" || type === "symbol") return new TypeError(`a ${type} cannot be sent as a parameter`)
   // Any other object (a Map, a class instance) would be sent as "[object …]": refuse it rather than store that.
   if (type === "object" && value !== null && !(value instanceof Date) && !(value instanceof Uint8Array)) {
-    throw new TypeError(`a ${value.constructor?.name ?? "object"} cannot be sent as a parameter (use sql.json for JSON)`)
+    return new TypeError(`a ${value.constructor?.name ?? "object"} cannot be sent as a parameter (use sql.json for JSON)`)
   }
   return value
 }
 
-const toDriverParams = (conn: Conn, params: ReadonlyArray<Value>): Effect.Effect<Array<postgres.ParameterOrJSON<never>>, DbError.InvalidInput> =>
-  Effect.try({
-    // postgres.js's parameter type is narrower than what it accepts at run time (Date, Uint8Array, bigint, arrays).
-    try: () => params.map((p) => toDriverValue(conn, p)) as Array<postgres.ParameterOrJSON<never>>,
-    catch: (e) => new DbError.InvalidInput({ message: e instanceof Error ? e.message : String(e) })
-  })
+/** Driver parameters, converted once. */
+export type DriverParams = Array<postgres.ParameterOrJSON<never>>
+
+/** Converts a statement's parameters, or explains which one cannot be sent. */
+export const toDriverParams = (params: ReadonlyArray<Value>): DriverParams | DbError.InvalidInput => {
+  const out: Array<unknown> = new Array(params.length)
+  for (let i = 0; i < params.length; i++) {
+    let v: unknown
+    try {
+      v = toDriverValue(params[i])
+    } catch (e) {
+      // arrayText throws on an array element it cannot render.
+      v = e instanceof Error ? e : new TypeError(String(e))
+    }
+    if (v instanceof Error) return new DbError.InvalidInput({ message: v.message })
+    out[i] = v
+  }
+  // postgres.js's parameter type is narrower than what it accepts at run time (Date, Uint8Array, bigint, arrays).
+  return out as DriverParams
+}
+
+const transactionControlRefused = new DbError.InvalidInput({
+  message:
+    "transaction control statements (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, …) are issued by the library: use transaction(...) or a partial transaction"
+})
+
+/** A user statement checked before it needs a connection: refused, or ready to send. */
+export interface Prepared {
+  readonly text: string
+  readonly params: DriverParams
+  /** It changes session state (`SET`, `CREATE TEMP …`): it runs alone and the session is reset at check-in. */
+  readonly changesSession: boolean
+}
+
+/** Checks a user statement without a connection: transaction control and unsendable values are refused here. */
+export const prepare = (statement: Statement): Prepared | DbError.InvalidInput => {
+  const kind = classify(statement.text)
+  if (kind === "transaction control") return transactionControlRefused
+  const params = toDriverParams(statement.params)
+  if (params instanceof DbError.InvalidInput) return params
+  return { text: statement.text, params, changesSession: kind === "session change" }
+}
+
+// ---------------------------------------------------------------------------
+// statements
+// ---------------------------------------------------------------------------
 
 /** How long an interrupted statement may take to settle after its cancel request before the connection is destroyed. */
 const cancelGraceMillis = 5000
@@ -180,77 +245,82 @@ type Outcome = { readonly ok: true; readonly rows: postgres.RowList<Array<postgr
   readonly error: unknown
 }
 
+/** The part of a postgres.js query this module relies on; `state` is set once the query was handed to the connection. */
+interface DriverQuery {
+  readonly cancel: () => unknown
+  readonly state?: unknown
+}
+
+/** Only a 57014 caused by a cancel request proves that ours landed: a statement timeout's 57014 says nothing of it. */
+const cancelledByRequest = (error: unknown): boolean => {
+  if (typeof error !== "object" || error === null) return false
+  const e = error as { readonly code?: unknown; readonly message?: unknown } // a driver error: code and message
+  return e.code === "57014" && typeof e.message === "string" && e.message.includes("user request")
+}
+
 /**
- * Sends a cancel request and waits (boundedly) for the statement to end, so
- * that the connection is never handed back while it may still run. A
- * statement that ended otherwise than cancelled leaves the request possibly
- * in flight: the connection is retired. One that does not end is destroyed.
+ * Cancels an interrupted statement and waits (boundedly) for it to end, so
+ * that the connection is never handed back while it may still run or while a
+ * cancel request may still land on the next holder's statement.
  */
-const cancelAndSettle = (conn: Conn, query: { readonly cancel: () => unknown }, outcome: Promise<Outcome>) =>
-  Effect.promise(async () => {
-    conn.cancelling = true
-    try {
-      const cancelled = query.cancel()
-      if (cancelled !== undefined) await Promise.resolve(cancelled).catch(() => undefined)
-      let timer: ReturnType<typeof setTimeout> | undefined
-      const settled = await Promise.race([
-        outcome,
-        new Promise<undefined>((resolve) => {
-          timer = setTimeout(() => resolve(undefined), cancelGraceMillis)
-        })
-      ])
-      clearTimeout(timer)
-      if (settled === undefined) {
-        conn.dead = true
-        await conn.sql.end({ timeout: 0 }).catch(() => undefined)
-      } else if (settled.ok || (settled.error as { code?: unknown } | null)?.code !== "57014") {
-        conn.doubtful = true
-      }
-    } finally {
-      conn.cancelling = false
+const cancelAndSettle = (conn: Conn, query: DriverQuery, outcome: Promise<Outcome>) =>
+  Effect.gen(function*() {
+    conn.wire = "cancelling"
+    // postgres.js hands a query to its connection one microtask after it is created; cancelled before that, the
+    // query is dropped locally but the connection parks in the driver's `full` queue for good. Let it be handed over.
+    yield* Effect.promise(() => Promise.resolve().then(() => undefined).then(() => undefined))
+    const sent = query.state !== undefined && query.state !== null
+    query.cancel()
+    const settled = yield* Effect.timeoutOption(Effect.promise(() => outcome), cancelGraceMillis)
+    if (Option.isNone(settled)) {
+      markDead(conn)
+      yield* Effect.promise(() => conn.sql.end({ timeout: 0 }).catch(() => undefined))
+      return
     }
+    if (conn.wire !== "cancelling") return // died meanwhile
+    // Not sent: dropped from the driver's queue, nothing went out. Sent: only "cancelled by request" proves ours landed.
+    conn.wire = !sent || (!settled.value.ok && cancelledByRequest(settled.value.error)) ? "ready" : "doubtful"
   })
 
 const noteFailure = (conn: Conn, error: unknown): void => {
-  if (isConnectionFailure(error)) conn.dead = true
+  if (isConnectionFailure(error)) markDead(conn)
   else if (conn.txDepth > 0) conn.failed = true
 }
 
 /**
  * Runs one statement. Interruption sends a cancel request and waits (boundedly)
- * for the statement to end on the server, so that a connection is never
- * handed back while its last statement may still be running.
+ * for the statement to end on the server — unless `pipelined()` says other
+ * statements share the connection, since a cancel request cancels whatever runs
+ * when it lands: then the (autocommit) statement is left to finish.
  */
 export const execute = (
   conn: Conn,
   text: string,
-  params: ReadonlyArray<Value>
+  params: DriverParams,
+  pipelined?: () => boolean
 ): Effect.Effect<postgres.RowList<Array<postgres.Row>>, DbError.DbError> =>
-  Effect.suspend(() => {
-    if (conn.dead) return Effect.fail(lost(conn, text))
-    return Effect.flatMap(toDriverParams(conn, params), (driverParams) =>
-      Effect.callback<postgres.RowList<Array<postgres.Row>>, DbError.DbError>((resume) => {
-        // simple: false keeps the extended protocol even without parameters, so text holds one statement only
-        // (a smuggled "; BEGIN" is a syntax error); the option exists at run time but not in the driver's typings.
-        const query = conn.sql.unsafe(text, driverParams, { prepare: true, simple: false } as postgres.UnsafeQueryOptions)
-        const outcome: Promise<Outcome> = query.then(
-          (rows) => ({ ok: true, rows }),
-          (error: unknown) => {
-            noteFailure(conn, error)
-            return { ok: false, error }
-          }
-        )
-        outcome.then((o) => resume(o.ok ? Effect.succeed(o.rows) : Effect.fail(fromDriver(o.error, text))))
-        // A cancel request cancels whatever runs on the backend when it lands: with other statements pipelined on
-        // this connection it could hit one of theirs. So a shared statement is left to finish (it is autocommit).
-        return Effect.suspend(() => (conn.sharers > 1 ? Effect.void : cancelAndSettle(conn, query, outcome)))
-      }))
+  Effect.callback<postgres.RowList<Array<postgres.Row>>, DbError.DbError>((resume) => {
+    if (conn.wire === "dead") return resume(Effect.fail(lost(conn, text)))
+    // simple: false keeps the extended protocol even without parameters, so text holds one statement only
+    // (a smuggled "; BEGIN" is a syntax error); the option exists at run time but not in the driver's typings.
+    const query = conn.sql.unsafe(text, params, { prepare: true, simple: false } as postgres.UnsafeQueryOptions)
+    // One reaction: the outcome is both what the caller gets and what a cancel waits for.
+    const outcome: Promise<Outcome> = query.then(
+      (rows) => {
+        const o: Outcome = { ok: true, rows }
+        resume(Effect.succeed(rows))
+        return o
+      },
+      (error: unknown) => {
+        noteFailure(conn, error)
+        resume(Effect.fail(fromDriver(error, text)))
+        return { ok: false, error }
+      }
+    )
+    return Effect.suspend(() =>
+      pipelined !== undefined && pipelined() ? Effect.void : cancelAndSettle(conn, query as DriverQuery, outcome)
+    )
   })
-
-const transactionControlRefused = new DbError.InvalidInput({
-  message:
-    "transaction control statements (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, …) are issued by the library: use transaction(...) or a partial transaction"
-})
 
 const decodeRows = <S extends Schema.Top>(schema: S, statement: string) => {
   const decode = Schema.decodeUnknownEffect(Schema.Array(schema))
@@ -259,14 +329,28 @@ const decodeRows = <S extends Schema.Top>(schema: S, statement: string) => {
       new DbError.RowDecodeError({ message: `rows of "${statement.slice(0, 200)}" do not match the schema: ${cause.message}`, statement, cause }))
 }
 
-/** Runs a user statement, optionally decoding its rows. */
-export const run = (conn: Conn, statement: Statement, schema?: Schema.Top): Effect.Effect<ReadonlyArray<unknown>, DbError.DbError | DbError.RowDecodeError, unknown> => {
-  if (isTransactionControl(statement.text)) return Effect.fail(transactionControlRefused)
-  if (changesSession(statement.text)) conn.sessionChanged = true
+/** Runs a checked statement, optionally decoding its rows. */
+export const runPrepared = (
+  conn: Conn,
+  prepared: Prepared,
+  schema?: Schema.Top,
+  pipelined?: () => boolean
+): Effect.Effect<ReadonlyArray<unknown>, DbError.DbError | DbError.RowDecodeError, unknown> => {
+  if (prepared.changesSession) conn.sessionChanged = true
   // Plain arrays of plain objects: the driver's RowList carries extra fields users should not depend on.
-  const rows = Effect.map(execute(conn, statement.text, statement.params), (result) => Array.from(result))
-  return schema === undefined ? rows : Effect.flatMap(rows, decodeRows(schema, statement.text))
+  const rows = Effect.map(execute(conn, prepared.text, prepared.params, pipelined), (result) => Array.from(result))
+  return schema === undefined ? rows : Effect.flatMap(rows, decodeRows(schema, prepared.text))
 }
+
+/** Runs a user statement on a held connection, optionally decoding its rows. */
+export const run = (conn: Conn, statement: Statement, schema?: Schema.Top): Effect.Effect<ReadonlyArray<unknown>, DbError.DbError | DbError.RowDecodeError, unknown> => {
+  const prepared = prepare(statement)
+  return prepared instanceof DbError.InvalidInput ? Effect.fail(prepared) : runPrepared(conn, prepared, schema)
+}
+
+const noParams: DriverParams = []
+
+const control = (conn: Conn, text: string) => execute(conn, text, noParams)
 
 const beginText = (options: TransactionOptions | undefined): string => {
   let text = "BEGIN"
@@ -277,84 +361,103 @@ const beginText = (options: TransactionOptions | undefined): string => {
   return text
 }
 
-/** Opens the outermost transaction on a connection. */
+/** Opens the outermost transaction on a connection. Uninterruptible: its outcome is always known. */
 export const begin = (conn: Conn, options?: TransactionOptions): Effect.Effect<void, DbError.DbError> =>
-  Effect.suspend(() => {
+  Effect.uninterruptible(Effect.suspend(() => {
     // Counted as open before BEGIN is sent: if its outcome is lost, check-in rolls back (harmless outside a transaction).
     conn.txDepth = 1
     conn.failed = false
-    return Effect.asVoid(execute(conn, beginText(options), []))
+    return Effect.asVoid(control(conn, beginText(options)))
+  }))
+
+const aborted = (what: string) =>
+  new DbError.TransactionAborted({
+    message: `the ${what} was rolled back instead of ${what === "savepoint" ? "released" : "committed"}: one of its statements had failed`,
+    sqlState: "25P02",
+    sqlStateClass: sqlStateClass("25P02")
   })
 
-/** Commits; a COMMIT the server turned into ROLLBACK (a statement had failed) is an error. */
+/**
+ * Commits; a COMMIT the server turned into ROLLBACK (a statement had failed)
+ * is an error. Uninterruptible: a COMMIT that was sent is awaited, so the
+ * connection's state is known when it returns. After a lost connection the
+ * outcome is unknown (`ConnectionLost`), and the connection is dead.
+ */
 export const commit = (conn: Conn): Effect.Effect<void, DbError.DbError> =>
-  Effect.suspend(() => {
+  Effect.uninterruptible(Effect.suspend(() => {
     const failedBefore = conn.failed
-    return execute(conn, "COMMIT", []).pipe(
+    return control(conn, "COMMIT").pipe(
+      // Whatever the server answered, the transaction is over (committed, or rolled back by the server).
       Effect.ensuring(Effect.sync(() => {
-        conn.txDepth = 0
-        conn.failed = false
+        if (conn.wire !== "dead") {
+          conn.txDepth = 0
+          conn.failed = false
+        }
       })),
-      Effect.flatMap((result) =>
-        result.command === "ROLLBACK" || failedBefore
-          ? Effect.fail(
-            new DbError.TransactionAborted({
-              message: "the transaction was rolled back instead of committed: one of its statements had failed",
-              sqlState: "25P02",
-              sqlStateClass: sqlStateClass("25P02")
-            })
-          )
-          : Effect.void
-      )
+      Effect.flatMap((result) => result.command === "ROLLBACK" || failedBefore ? Effect.fail(aborted("transaction")) : Effect.void)
     )
-  })
+  }))
 
 /** Undoes session settings (back to the connection's startup values); a connection that cannot is marked dead. */
 export const resetSession = (conn: Conn): Effect.Effect<void> =>
   // RESET ALL leaves role and session authorization alone (they are not reset by it), and temp tables are not settings.
-  Effect.forEach(["SET SESSION AUTHORIZATION DEFAULT", "RESET ALL", "DISCARD TEMP"], (text) => execute(conn, text, []), {
+  Effect.forEach(["SET SESSION AUTHORIZATION DEFAULT", "RESET ALL", "DISCARD TEMP"], (text) => control(conn, text), {
     discard: true
   }).pipe(
     Effect.timeout(cancelGraceMillis),
     Effect.matchCause({
-      onFailure: () => {
-        conn.dead = true
-      },
+      onFailure: () => markDead(conn),
       onSuccess: () => {
         conn.sessionChanged = false
       }
-    })
+    }),
+    Effect.uninterruptible
   )
 
-/** Rolls back; a connection that cannot roll back is marked dead so the pool discards it. */
+/** Rolls back; a connection that cannot roll back is marked dead so the pool discards it. Uninterruptible. */
 export const rollback = (conn: Conn): Effect.Effect<void> =>
   Effect.suspend(() =>
-    conn.dead
+    conn.wire === "dead"
       ? Effect.void
-      : execute(conn, "ROLLBACK", []).pipe(
+      : control(conn, "ROLLBACK").pipe(
         Effect.timeout(cancelGraceMillis),
-        Effect.catchCause(() => Effect.sync(() => { conn.dead = true })),
+        Effect.catchCause(() => Effect.sync(() => markDead(conn))),
         Effect.asVoid
       )
-  ).pipe(Effect.ensuring(Effect.sync(() => {
-    conn.txDepth = 0
-    conn.failed = false
-  })))
+  ).pipe(
+    Effect.ensuring(Effect.sync(() => {
+      conn.txDepth = 0
+      conn.failed = false
+    })),
+    Effect.uninterruptible
+  )
+
+/**
+ * Rolls back and resets whatever a holder left, before the connection goes
+ * back to the pool. Nothing to do (the common case) costs nothing.
+ */
+export const cleanUp = (conn: Conn): Effect.Effect<void> =>
+  Effect.andThen(
+    conn.txDepth > 0 ? rollback(conn) : Effect.void,
+    Effect.suspend(() => (conn.sessionChanged && conn.wire !== "dead" ? resetSession(conn) : Effect.void))
+  )
 
 /**
  * Runs `f` in a transaction: BEGIN … COMMIT on a connection outside one, a
- * SAVEPOINT inside one. Failure and interruption roll back.
+ * SAVEPOINT inside one. Failure and interruption roll back. `handleFor` makes
+ * the handle `f` receives.
  */
 export const transaction = <A, E, R>(
   conn: Conn,
   f: (connection: Connection) => Effect.Effect<A, E, R>,
-  options?: TransactionOptions
+  options: TransactionOptions | undefined,
+  connection: Connection
 ): Effect.Effect<A, E | DbError.DbError, R> =>
   Effect.uninterruptibleMask((restore) =>
     Effect.gen(function*() {
       if (conn.txDepth === 0) {
         yield* Effect.onError(begin(conn, options), () => rollback(conn))
-        const exit = yield* Effect.exit(restore(f(handle(conn))))
+        const exit = yield* Effect.exit(restore(f(connection)))
         if (exit._tag === "Failure") {
           yield* rollback(conn)
           return yield* exit
@@ -368,11 +471,11 @@ export const transaction = <A, E, R>(
         })
       }
       const name = `effect_dbpool_sp_${++conn.savepoints}`
-      yield* execute(conn, `SAVEPOINT ${name}`, [])
+      yield* control(conn, `SAVEPOINT ${name}`)
       conn.txDepth++
-      const exit = yield* Effect.exit(restore(f(handle(conn))))
+      const exit = yield* Effect.exit(restore(f(connection)))
       conn.txDepth--
-      const undo = execute(conn, `ROLLBACK TO SAVEPOINT ${name}`, []).pipe(
+      const undo = control(conn, `ROLLBACK TO SAVEPOINT ${name}`).pipe(
         Effect.tap(() => Effect.sync(() => { conn.failed = false })),
         Effect.ignore
       )
@@ -384,13 +487,9 @@ export const transaction = <A, E, R>(
         // A statement of f failed and f caught it (SAVEPOINT succeeded, so the failure is f's): RELEASE would
         // fail and leave the outer transaction aborted. Roll the savepoint back and say so, as commit does.
         yield* undo
-        return yield* new DbError.TransactionAborted({
-          message: "the savepoint was rolled back instead of released: one of its statements had failed",
-          sqlState: "25P02",
-          sqlStateClass: sqlStateClass("25P02")
-        })
+        return yield* aborted("savepoint")
       }
-      yield* Effect.onError(execute(conn, `RELEASE SAVEPOINT ${name}`, []), () => undo)
+      yield* Effect.onError(control(conn, `RELEASE SAVEPOINT ${name}`), () => undo)
       return exit.value
     })
   )
@@ -399,26 +498,30 @@ export const transaction = <A, E, R>(
 export const notify = (conn: Conn, channel: string, payload: unknown, schema?: Schema.Top) =>
   Effect.flatMap(Notify.prepare(channel, payload, schema), (statement) => Effect.asVoid(run(conn, statement)))
 
-/** The user-facing view of a held connection. */
-export const handle = (conn: Conn): Connection => {
-  const lease = conn.lease
+const returned = new DbError.InvalidInput({
+  message: "this connection was already returned to the pool (or its step has ended): use it only inside its interaction"
+})
+
+/**
+ * The user-facing view of a held connection, valid while `valid()` holds:
+ * once its interaction (or partial-transaction step) ends, it refuses to run.
+ * `transactionOptions` adjusts what nested transactions ask for (the read pool's are read-only).
+ */
+export const handle = (
+  conn: Conn,
+  valid: () => boolean,
+  transactionOptions: (options: TransactionOptions | undefined) => TransactionOptions | undefined = (o) => o
+): Connection => {
   const held = <A, E, R>(effect: () => Effect.Effect<A, E, R>): Effect.Effect<A, E | DbError.InvalidInput, R> =>
-    Effect.suspend((): Effect.Effect<A, E | DbError.InvalidInput, R> =>
-      conn.lease === lease
-        ? effect()
-        : Effect.fail(
-          new DbError.InvalidInput({
-            message: "this connection was already returned to the pool: use it only inside its interaction"
-          })
-        )
-    )
-  return {
+    Effect.suspend((): Effect.Effect<A, E | DbError.InvalidInput, R> => (valid() ? effect() : Effect.fail(returned)))
+  const connection: Connection = {
     pid: conn.pid,
     // The overloads of Connection["run"] are implemented by this one signature.
     run: ((statement: Statement, schema?: Schema.Top) => held(() => run(conn, statement, schema))) as Connection["run"],
     // Likewise for Connection["notify"].
     notify: ((channel: string, payload: unknown, schema?: Schema.Top) =>
       held(() => notify(conn, channel, payload, schema))) as Connection["notify"],
-    transaction: (f, options) => held(() => transaction(conn, f, options))
+    transaction: (f, options) => held(() => transaction(conn, f, transactionOptions(options), connection))
   }
+  return connection
 }

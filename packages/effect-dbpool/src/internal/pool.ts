@@ -1,9 +1,9 @@
 /**
  * The pool's operations: interactions, transactions and partial transactions
- * on connections from the slots (see slots.ts), rolling back or resetting
- * whatever a holder left before a connection goes back.
+ * on connections leased from the slots (see slots.ts), rolling back or
+ * resetting whatever a holder left before a connection goes back.
  */
-import { type Duration, Effect, LogLevel, References, type Schema, type Scope, Semaphore } from "effect"
+import { Clock, Context, type Duration, Effect, LogLevel, References, type Schema, type Scope, Semaphore } from "effect"
 import type { Connection, TransactionOptions } from "../Connection.ts"
 import * as DbError from "../DbError.ts"
 import type { InteractionPool, PoolStats } from "../InteractionPool.ts"
@@ -11,13 +11,13 @@ import type { PartialTransaction } from "../PartialTransaction.ts"
 import type { Statement } from "../Statement.ts"
 import * as Conn from "./connection.ts"
 import * as Slots from "./slots.ts"
-import { changesSession } from "./sqlText.ts"
 
 /** Everything one pool needs, resolved from the user's config. */
 export interface Settings extends Conn.ConnectOptions {
   readonly name: string
   readonly minSize: number
   readonly maxSize: number
+  readonly serverMax: number
   readonly acquireTimeout: Duration.Duration
   readonly idleTimeout: Duration.Duration
 }
@@ -27,31 +27,41 @@ export interface PoolImpl extends InteractionPool {
   readonly partialTransaction: (options?: TransactionOptions) => Effect.Effect<PartialTransaction, DbError.DbError, Scope.Scope>
 }
 
+/** A step of a partial transaction that is running, and whether it still is. */
+interface Step {
+  readonly tx: object
+  live: boolean
+}
+
+/**
+ * The partial-transaction steps the current fiber runs inside: a step started
+ * from inside another step of the same transaction (`tx.run` inside
+ * `tx.interaction`) already holds its lock and runs at once.
+ */
+const CurrentSteps = Context.Reference<ReadonlyArray<Step>>("effect-dbpool/internal/CurrentSteps", {
+  defaultValue: () => []
+})
+
 const preview = (text: string) => (text.length > 120 ? `${text.slice(0, 117)}...` : text)
 
 export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.Scope> =>
   Effect.gen(function*() {
     const slots = yield* Slots.make(settings, Conn.open(settings))
+    const clock = yield* Clock.Clock
     yield* Effect.addFinalizer(() =>
       Effect.logInfo("effect-dbpool: pool closed").pipe(Effect.annotateLogs({ pool: settings.name }))
     )
 
     const stats: Effect.Effect<PoolStats> = Effect.sync(() => ({ pool: settings.name, ...slots.counts() }))
 
-    /** Runs before the connection goes back: a connection is returned only idle, outside a transaction, with its settings reset. */
-    const checkIn = (conn: Conn.Conn, mode: Slots.Mode): Effect.Effect<void> =>
-      Effect.suspend(() => {
-        if (mode === "exclusive") conn.lease++ // handles given out with it stop working
-        const rollback = conn.txDepth > 0 && !conn.dead ? Conn.rollback(conn) : Effect.void
-        return Effect.andThen(
-          rollback,
-          Effect.suspend(() =>
-            conn.sessionChanged && !conn.dead && (mode === "exclusive" || conn.sharers === 1)
-              ? Conn.resetSession(conn)
-              : Effect.void
-          )
-        )
-      }).pipe(Effect.ensuring(Effect.sync(() => slots.release(conn, mode))))
+    /**
+     * Returns a lease: rolled back and reset first when its holder left a
+     * transaction or session settings; otherwise straight back (no effect to run).
+     */
+    const checkIn = (lease: Slots.Lease, mode: Slots.Mode): Effect.Effect<void> =>
+      Conn.needsCleanup(lease.conn)
+        ? Effect.ensuring(Conn.cleanUp(lease.conn), Effect.sync(() => slots.release(lease, mode)))
+        : Effect.sync(() => slots.release(lease, mode))
 
     const logInteraction = (what: string, start: number, ok: boolean) =>
       Effect.logDebug("effect-dbpool: interaction").pipe(
@@ -59,40 +69,58 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
           pool: settings.name,
           interaction: what,
           outcome: ok ? "ok" : "failed",
-          durationMs: Math.round((performance.now() - start) * 1000) / 1000
+          durationMs: Math.round((clock.currentTimeMillisUnsafe() - start) * 1000) / 1000
         })
       )
 
-    const withConnection = <A, E, R>(
-      what: string,
+    const withLease = <A, E, R>(
+      what: () => string,
       mode: Slots.Mode,
-      f: (conn: Conn.Conn) => Effect.Effect<A, E, R>
+      f: (lease: Slots.Lease) => Effect.Effect<A, E, R>
     ): Effect.Effect<A, E | DbError.DbError, R> =>
       Effect.withFiber((fiber) => {
         const interaction = Effect.uninterruptibleMask((restore) =>
-          Effect.flatMap(restore(slots.acquire(mode)), (conn) =>
-            restore(f(conn)).pipe(Effect.onExit(() => checkIn(conn, mode))))
+          Effect.flatMap(restore(slots.acquire(mode)), (lease) =>
+            Effect.onExit(restore(f(lease)), () => checkIn(lease, mode)))
         )
-        // The debug line costs a timer read and a log record per interaction: only when someone will see it.
+        // The debug line costs a clock read and a log record per interaction: only when someone will see it.
         if (!LogLevel.isGreaterThanOrEqualTo("Debug", fiber.getRef(References.MinimumLogLevel))) return interaction
-        const start = performance.now()
-        return Effect.onExit(interaction, (exit) => logInteraction(what, start, exit._tag === "Success"))
+        const start = clock.currentTimeMillisUnsafe()
+        return Effect.onExit(interaction, (exit) => logInteraction(what(), start, exit._tag === "Success"))
       })
 
-    const run = (statement: Statement, schema?: Schema.Top) =>
-      withConnection(
-        preview(statement.text),
-        // A statement that changes the session must not change it under pipelined neighbours.
-        changesSession(statement.text) ? "exclusive" : "shared",
-        (conn) => Conn.run(conn, statement, schema)
-      )
+    /** A handle valid while `f` runs: afterwards it refuses. */
+    const withHandle = <A, E, R>(
+      conn: Conn.Conn,
+      f: (connection: Connection) => Effect.Effect<A, E, R>,
+      valid: () => boolean = () => true
+    ): Effect.Effect<A, E, R> =>
+      Effect.suspend(() => {
+        let live = true
+        const connection = Conn.handle(conn, () => live && valid(), transactionOptions)
+        return Effect.ensuring(f(connection), Effect.sync(() => {
+          live = false
+        }))
+      })
+
+    const run = (statement: Statement, schema?: Schema.Top) => {
+      // Checked before a connection is acquired: a refused statement never holds one.
+      const prepared = Conn.prepare(statement)
+      if (prepared instanceof DbError.InvalidInput) return Effect.fail(prepared)
+      // A statement that changes the session must not change it under pipelined neighbours.
+      const mode: Slots.Mode = prepared.changesSession ? "exclusive" : "shared"
+      return withLease(() => preview(statement.text), mode, (lease) =>
+        Conn.runPrepared(lease.conn, prepared, schema, mode === "shared" ? () => !slots.alone(lease) : undefined))
+    }
 
     const partialTransaction = (options?: TransactionOptions) =>
       Effect.gen(function*() {
-        const conn = yield* Effect.uninterruptibleMask((restore) =>
-          Effect.flatMap(restore(slots.acquire("exclusive")), (conn) =>
-            Effect.as(Effect.addFinalizer(() => checkIn(conn, "exclusive")), conn))
+        const lease = yield* Effect.uninterruptibleMask((restore) =>
+          Effect.flatMap(restore(slots.acquire("exclusive")), (lease) =>
+            Effect.as(Effect.addFinalizer(() => checkIn(lease, "exclusive")), lease))
         )
+        const conn = lease.conn
+        const tx = {}
         let state: "open" | "committed" | "rolled back" | "closed" = "open"
         const lock = yield* Semaphore.make(1)
         // Runs before the check-in (finalizers run last-added first): no step can start on a returned connection.
@@ -101,15 +129,28 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
             if (state === "open") state = "closed"
           }))
         )
-        yield* Effect.uninterruptible(Conn.begin(conn, options))
-        const step = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | DbError.DbError, R> =>
-          lock.withPermits(1)(
-            Effect.suspend((): Effect.Effect<A, E | DbError.DbError, R> =>
-              state === "open"
-                ? effect
-                : Effect.fail(new DbError.InvalidInput({ message: `the partial transaction is already ${state}` }))
-            )
+        yield* Conn.begin(conn, options)
+        const guarded = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | DbError.DbError, R> =>
+          Effect.suspend((): Effect.Effect<A, E | DbError.DbError, R> =>
+            state === "open"
+              ? effect
+              : Effect.fail(new DbError.InvalidInput({ message: `the partial transaction is already ${state}` }))
           )
+        /** Steps are serialised, except a step started from inside a running step of this transaction. */
+        const step = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | DbError.DbError, R> =>
+          Effect.withFiber((fiber) => {
+            const current = fiber.getRef(CurrentSteps)
+            if (current.some((s) => s.tx === tx && s.live)) return guarded(effect)
+            const self: Step = { tx, live: true }
+            return lock.withPermits(1)(
+              guarded(effect).pipe(
+                Effect.provideService(CurrentSteps, [...current, self]),
+                Effect.ensuring(Effect.sync(() => {
+                  self.live = false
+                }))
+              )
+            )
+          })
         const finish = (next: "committed" | "rolled back", effect: Effect.Effect<void, DbError.DbError>) =>
           step(Effect.ensuring(effect, Effect.sync(() => {
             state = next
@@ -122,7 +163,8 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
           notify: ((channel: string, payload: unknown, schema?: Schema.Top) =>
             step(Conn.notify(conn, channel, payload, schema))) as PartialTransaction["notify"],
           interaction: <A, E, R>(f: (connection: Connection) => Effect.Effect<A, E, R>) =>
-            step(Effect.suspend(() => f(Conn.handle(conn)))),
+            step(withHandle(conn, f, () => state === "open")),
+          // Both are uninterruptible once their statement is sent: the connection's state is then known.
           commit: finish("committed", Conn.commit(conn)),
           rollback: finish("rolled back", Conn.rollback(conn))
         }
@@ -132,14 +174,6 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
     /** The read pool runs read-only transactions only: asking it for a read-write one gets a read-only one. */
     const transactionOptions = (options: TransactionOptions | undefined): TransactionOptions | undefined =>
       settings.readOnly && options?.readOnly === false ? { ...options, readOnly: true } : options
-
-    /** The handle a function interaction receives; on the read pool its transactions are read-only too. */
-    const interactionHandle = (conn: Conn.Conn): Connection => {
-      const connection = Conn.handle(conn)
-      return settings.readOnly
-        ? { ...connection, transaction: (f, options) => connection.transaction(f, transactionOptions(options)) }
-        : connection
-    }
 
     yield* Effect.logInfo("effect-dbpool: pool started").pipe(
       Effect.annotateLogs({
@@ -155,9 +189,10 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
       name: settings.name,
       // The overloads of InteractionPool["run"] are implemented by this one signature.
       run: run as InteractionPool["run"],
-      interaction: (f) => withConnection("function", "exclusive", (conn) => f(interactionHandle(conn))),
+      interaction: (f) => withLease(() => "function", "exclusive", (lease) => withHandle(lease.conn, f)),
       transaction: (f, options) =>
-        withConnection("transaction", "exclusive", (conn) => Conn.transaction(conn, f, transactionOptions(options))),
+        withLease(() => "transaction", "exclusive", (lease) =>
+          withHandle(lease.conn, (connection) => Conn.transaction(lease.conn, f, transactionOptions(options), connection))),
       stats,
       partialTransaction
     }

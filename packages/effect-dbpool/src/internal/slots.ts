@@ -1,18 +1,27 @@
 /**
- * Connection bookkeeping: which connections are idle, held exclusively, or
- * shared by pipelined autocommit statements, and who is waiting.
+ * Who holds which connection, and who is waiting: the one owner of a pooled
+ * connection's {@link SlotState}. Every change goes through the transitions
+ * below; `connection.ts` owns what is on the wire, and this module only reads
+ * it (`Conn.reusable`).
  *
  * Handing out an idle connection is synchronous — no fibers, no timers, no
  * scopes on the fast path; a timer exists only while a caller waits. When
  * every connection is busy and the pool is at its maximum, single autocommit
  * statements join a connection already running such statements and are
- * pipelined on it (as postgres.js does within one connection), which is what
- * keeps many callers on few connections fast. Transactions, function
- * interactions and partial transactions always get a connection of their own,
- * and while one of them waits no statement joins a shared connection, so
- * shared connections drain and the waiter is served.
+ * pipelined on it, which is what keeps many callers on few connections fast.
+ * Transactions, function interactions and partial transactions always get a
+ * connection of their own, and while one of them waits at the head of the
+ * queue no statement joins a shared connection, so shared connections drain
+ * and the waiter is served.
+ *
+ * Hand-off is non-reentrant. Resuming a waiter runs its fiber synchronously,
+ * inside the call; it may release its connection and acquire another before
+ * the call returns. So {@link settle} first does all the bookkeeping (which
+ * waiter gets which connection), then runs the resumes one by one; a release
+ * made by a resumed fiber only changes state and leaves the matching to the
+ * loop already running.
  */
-import { Cause, Duration, Effect, Exit, Scope } from "effect"
+import { Cause, Clock, Duration, Effect, Exit, FiberSet, Scope } from "effect"
 import * as DbError from "../DbError.ts"
 import * as Conn from "./connection.ts"
 
@@ -21,18 +30,52 @@ export type Mode = "exclusive" | "shared"
 /** Statements pipelined on one connection at most. */
 export const maxPipeline = 64
 
+/**
+ * Where an open connection is:
+ * - `idle`: in the idle list, since `idleSince`;
+ * - `exclusive`: held by one interaction, transaction or partial transaction;
+ * - `shared`: running `statements` pipelined autocommit statements;
+ * - `closing`: retired (dead, expired, doubtful, idle too long, or the pool closed); its scope is closing.
+ *
+ * `idle ⇄ exclusive`, `idle → shared(1) ⇄ shared(n) → idle`, and `* → closing`.
+ */
+export type SlotState = "idle" | "exclusive" | "shared" | "closing"
+
+/** A pooled connection as the pool's operations see it: what they hold between acquire and release. */
+export interface Lease {
+  readonly conn: Conn.Conn
+}
+
+class Slot implements Lease {
+  state: SlotState = "idle"
+  statements = 0
+  idleSince = 0
+  readonly conn: Conn.Conn
+  readonly scope: Scope.Closeable
+  constructor(conn: Conn.Conn, scope: Scope.Closeable) {
+    this.conn = conn
+    this.scope = scope
+  }
+}
+
 interface Waiter {
   readonly mode: Mode
-  readonly resume: (exit: Exit.Exit<Conn.Conn, DbError.DbError>) => void
-  conn: Conn.Conn | undefined
+  readonly resume: (slot: Slot) => void
+  readonly fail: (error: DbError.DbError) => void
+  /** Given a connection by the bookkeeping, not yet resumed (or interrupted before it could be). */
+  slot: Slot | undefined
   /** A connection is being opened on this waiter's behalf: if that fails, the waiter gets the error. */
   opening: boolean
+  /** Left the queue (resumed, failed, timed out or interrupted): nothing more is delivered to it. */
+  done: boolean
 }
 
 export interface SlotsSettings {
   readonly name: string
   readonly minSize: number
   readonly maxSize: number
+  /** The most backends this pool's Layer may open on this pool's server (for stats). */
+  readonly serverMax: number
   readonly acquireTimeout: Duration.Duration
   readonly idleTimeout: Duration.Duration
 }
@@ -43,14 +86,16 @@ export interface Counts {
   readonly pending: number
   readonly min: number
   readonly max: number
+  readonly serverMax: number
 }
 
 export interface Slots {
-  readonly acquire: (mode: Mode) => Effect.Effect<Conn.Conn, DbError.DbError>
+  readonly acquire: (mode: Mode) => Effect.Effect<Lease, DbError.DbError>
   /** Returns a connection; the pool has rolled back or reset it as needed. */
-  readonly release: (conn: Conn.Conn, mode: Mode) => void
+  readonly release: (lease: Lease, mode: Mode) => void
+  /** Is this shared lease the only statement on its connection (so a cancel request can only hit it)? */
+  readonly alone: (lease: Lease) => boolean
   readonly counts: () => Counts
-  readonly isClosed: () => boolean
 }
 
 export const make = (
@@ -58,109 +103,175 @@ export const make = (
   open: Effect.Effect<Conn.Conn, DbError.DbError, Scope.Scope>
 ): Effect.Effect<Slots, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const poolScope = yield* Effect.scope
-    const scopes = new Map<Conn.Conn, Scope.Closeable>()
-    const idle: Array<Conn.Conn> = []
-    const shared = new Set<Conn.Conn>()
+    const clock = yield* Clock.Clock
+    // Connects, closes and maintenance run in the pool's scope with the context the pool was built in (its logger,
+    // tracer, clock); releasing the pool interrupts them and waits for them.
+    const fibers = yield* FiberSet.make()
+    const fork = yield* FiberSet.runtime(fibers)()
+    const slots = new Set<Slot>()
+    const idle: Array<Slot> = []
+    const shared = new Set<Slot>()
     const waiters: Array<Waiter> = []
+    /** Resumes decided by the bookkeeping, run by `settle` in order. */
+    const ready: Array<() => void> = []
+    let settling = false
     let opening = 0
     let closed = false
-    // setTimeout fires at once for anything above 2^31-1 ms, Infinity included.
-    const timeoutMillis = Math.min(Duration.toMillis(settings.acquireTimeout), 2 ** 31 - 1)
+    const timeoutMillis = Duration.toMillis(settings.acquireTimeout)
 
-    const size = () => scopes.size + opening
+    const size = () => slots.size + opening
     const counts = (): Counts => ({
       idle: idle.length,
-      used: scopes.size - idle.length,
+      used: slots.size - idle.length,
       pending: waiters.length,
       min: settings.minSize,
-      max: settings.maxSize
+      max: settings.maxSize,
+      serverMax: settings.serverMax
     })
-    const reusable = (conn: Conn.Conn) => !conn.dead && !conn.doubtful && Date.now() < conn.expiresAt
 
-    const background = (effect: Effect.Effect<unknown>) => {
-      if (!closed) Effect.runFork(Effect.forkIn(effect, poolScope))
+    // -- transitions ----------------------------------------------------------
+
+    const toIdle = (slot: Slot, now: number) => {
+      slot.state = "idle"
+      slot.idleSince = now
+      idle.push(slot)
     }
 
-    const discard = (conn: Conn.Conn) => {
-      const scope = scopes.get(conn)
-      scopes.delete(conn)
-      if (scope !== undefined) Effect.runFork(Scope.close(scope, Exit.void))
+    const toClosing = (slot: Slot) => {
+      if (slot.state === "closing") return
+      if (slot.state === "shared") shared.delete(slot)
+      slot.state = "closing"
+      slots.delete(slot)
+      // Uninterruptible, so that releasing the pool (which interrupts its fibers) waits for the close.
+      fork(Effect.uninterruptible(Scope.close(slot.scope, Exit.void)))
     }
 
-    const take = (conn: Conn.Conn, mode: Mode) => {
-      if (mode === "exclusive") conn.exclusive = true
+    /** From idle (already taken off the idle list) or shared to held by one more caller in `mode`. */
+    const toHeld = (slot: Slot, mode: Mode) => {
+      if (mode === "exclusive") slot.state = "exclusive"
       else {
-        conn.sharers++
-        shared.add(conn)
+        if (slot.state !== "shared") {
+          slot.state = "shared"
+          shared.add(slot)
+        }
+        slot.statements++
       }
-      return conn
+      return slot
     }
 
-    /** A connection is available: to the first waiters it suits, else idle. */
-    const handOff = (conn: Conn.Conn) => {
+    /** An idle connection fit for use, retiring the unfit ones met on the way. */
+    const takeIdle = (now: number): Slot | undefined => {
+      while (idle.length > 0) {
+        const slot = idle.pop()!
+        if (Conn.reusable(slot.conn, now)) return slot
+        toClosing(slot)
+      }
+      return undefined
+    }
+
+    /**
+     * The least busy shared connection a statement may join: only when the
+     * pool has its maximum open (a connection being opened is waited for, so
+     * that load spreads over every connection).
+     */
+    const joinable = (now: number): Slot | undefined => {
+      if (slots.size < settings.maxSize) return undefined
+      let best: Slot | undefined
+      for (const slot of shared) {
+        if (slot.statements < maxPipeline && Conn.reusable(slot.conn, now) && (best === undefined || slot.statements < best.statements)) {
+          best = slot
+        }
+      }
+      return best
+    }
+
+    // -- hand-off ----------------------------------------------------------------
+
+    /** Matches waiters (in order) with connections, then opens connections for those still waiting. Bookkeeping only. */
+    const assign = () => {
+      if (waiters.length === 0) return
+      const now = clock.currentTimeMillisUnsafe()
       while (waiters.length > 0) {
         const w = waiters[0]!
-        if (w.mode === "exclusive") {
-          if (conn.sharers > 0) return
-          waiters.shift()
-          w.conn = take(conn, "exclusive")
-          w.resume(Exit.succeed(conn))
-          return
-        }
-        if (conn.sharers >= maxPipeline) return
+        const slot = takeIdle(now) ?? (w.mode === "shared" ? joinable(now) : undefined)
+        if (slot === undefined) break
         waiters.shift()
-        w.conn = take(conn, "shared")
-        w.resume(Exit.succeed(conn))
+        w.slot = toHeld(slot, w.mode)
+        ready.push(() => {
+          if (w.done) return
+          w.done = true
+          w.slot = undefined
+          w.resume(slot)
+        })
       }
-      if (conn.sharers === 0 && !conn.exclusive) {
-        conn.idleSince = Date.now()
-        idle.push(conn)
+      openForWaiters()
+      topUp()
+    }
+
+    /** The only place waiters are resumed: bookkeeping first, then each resume; never re-entered. */
+    const settle = () => {
+      if (settling) return
+      settling = true
+      try {
+        while (true) {
+          assign()
+          const next = ready.shift()
+          if (next === undefined) break
+          next()
+        }
+      } finally {
+        settling = false
       }
     }
+
+    const failWaiter = (w: Waiter, error: DbError.DbError) => {
+      const i = waiters.indexOf(w)
+      if (i !== -1) waiters.splice(i, 1)
+      ready.push(() => {
+        if (w.done) return
+        w.done = true
+        w.fail(error)
+      })
+    }
+
+    // -- opening -------------------------------------------------------------------
 
     /**
      * Opens a connection, on behalf of `owner` if given. A failure goes to its
      * owner only — a stale failure from an attempt made during an outage must
      * not reach a caller who came later — and an ownerless one (minSize
-     * top-up) to nobody.
+     * top-up) to nobody. Interrupted (the pool closing), it closes what it opened.
      */
     const openOne = (owner: Waiter | undefined) =>
-      Effect.suspend(() => {
-        const scope = Scope.makeUnsafe()
-        return Scope.provide(open, scope).pipe(
-          Effect.matchCauseEffect({
-            onFailure: (cause) =>
-              Effect.andThen(Scope.close(scope, Exit.void), Effect.sync(() => {
-                opening--
-                if (owner !== undefined) {
-                  owner.opening = false
-                  const i = waiters.indexOf(owner)
-                  if (i !== -1) {
-                    waiters.splice(i, 1)
-                    const error = Cause.findErrorOption(cause)
-                    owner.resume(error._tag === "Some" ? Exit.fail(error.value) : Exit.failCause(cause as Cause.Cause<never>))
-                  }
-                }
-                openForWaiters()
-              })),
-            onSuccess: (conn) =>
-              Effect.sync(() => {
-                opening--
-                if (owner !== undefined) owner.opening = false
-                if (closed) return void Effect.runFork(Scope.close(scope, Exit.void))
-                scopes.set(conn, scope)
-                handOff(conn)
-                openForWaiters()
-              })
-          })
-        )
-      })
+      Effect.uninterruptibleMask((restore) =>
+        Effect.gen(function*() {
+          const scope = yield* Scope.make()
+          const exit = yield* Effect.exit(restore(Scope.provide(open, scope)))
+          opening--
+          if (owner !== undefined) owner.opening = false
+          if (exit._tag === "Failure" || closed) {
+            yield* Scope.close(scope, Exit.void)
+            if (exit._tag === "Failure" && owner !== undefined && !owner.done && !closed) {
+              const error = Cause.findErrorOption(exit.cause)
+              if (error._tag === "Some") failWaiter(owner, error.value)
+              else if (!Cause.hasInterruptsOnly(exit.cause)) {
+                failWaiter(owner, new DbError.ConnectFailed({ message: `cannot connect to the server of pool ${settings.name}`, server: settings.name }))
+              }
+            }
+            settle()
+            return
+          }
+          const slot = new Slot(exit.value, scope)
+          slots.add(slot)
+          toIdle(slot, clock.currentTimeMillisUnsafe())
+          settle()
+        })
+      )
 
-    const startOpening = (owner?: Waiter) => {
+    const startOpening = (owner: Waiter | undefined) => {
       opening++
       if (owner !== undefined) owner.opening = true
-      background(openOne(owner))
+      fork(openOne(owner))
     }
 
     /** Waiters with no connection being opened for them get one, while the pool has room. */
@@ -172,28 +283,10 @@ export const make = (
     }
 
     const topUp = () => {
-      while (!closed && size() < settings.minSize) startOpening()
+      while (!closed && size() < settings.minSize) startOpening(undefined)
     }
 
-    /** Synchronous fast path: an idle connection, or a place on a shared one. */
-    const tryTake = (mode: Mode): Conn.Conn | undefined => {
-      if (waiters.length > 0) return undefined
-      while (idle.length > 0) {
-        const conn = idle.pop()!
-        if (reusable(conn)) return take(conn, mode)
-        discard(conn)
-        topUp()
-      }
-      if (mode === "shared" && size() >= settings.maxSize) {
-        let best: Conn.Conn | undefined
-        for (const conn of shared) {
-          const joinable = conn.sharers < maxPipeline && !conn.cancelling && reusable(conn)
-          if (joinable && (best === undefined || conn.sharers < best.sharers)) best = conn
-        }
-        if (best !== undefined) return take(best, "shared")
-      }
-      return undefined
-    }
+    // -- acquire and release ---------------------------------------------------------
 
     const timedOut = () => {
       const c = counts()
@@ -208,91 +301,95 @@ export const make = (
 
     const poolClosed = () => new DbError.PoolClosed({ message: `pool ${settings.name} is closed`, pool: settings.name })
 
-    const wait = (mode: Mode) =>
-      Effect.callback<Conn.Conn, DbError.DbError>((resume) => {
+    const wait = (mode: Mode): Effect.Effect<Lease, DbError.DbError> =>
+      Effect.callback<Lease, DbError.DbError>((resume) => {
         const w: Waiter = {
           mode,
-          conn: undefined,
+          slot: undefined,
           opening: false,
-          resume: (exit) => {
-            clearTimeout(timer)
-            resume(exit)
-          }
+          done: false,
+          resume: (slot) => resume(Effect.succeed(slot)),
+          fail: (error) => resume(Effect.fail(error))
         }
         waiters.push(w)
-        openForWaiters()
-        const timer = setTimeout(() => {
-          const i = waiters.indexOf(w)
-          if (i === -1) return
-          const error = timedOut()
-          waiters.splice(i, 1)
-          resume(Exit.fail(error))
-        }, timeoutMillis)
+        settle()
+        // Timed out or interrupted: leave the queue; a connection assigned but not yet delivered goes back.
         return Effect.sync(() => {
-          clearTimeout(timer)
+          w.done = true
           const i = waiters.indexOf(w)
           if (i !== -1) waiters.splice(i, 1)
-          // Interrupted after a connection was handed over: give it back.
-          if (w.conn !== undefined) release(w.conn, mode)
+          const slot = w.slot
+          w.slot = undefined
+          if (slot !== undefined) release(slot, mode)
+          // The head of the queue may have changed: whoever waited behind this waiter may be served now.
+          else settle()
         })
       })
 
-    const acquire = (mode: Mode): Effect.Effect<Conn.Conn, DbError.DbError> =>
+    const timedWait = (mode: Mode): Effect.Effect<Lease, DbError.DbError> =>
+      Duration.isFinite(settings.acquireTimeout)
+        ? Effect.timeoutOrElse(wait(mode), { duration: settings.acquireTimeout, orElse: () => Effect.fail(timedOut()) })
+        : wait(mode)
+
+    const acquire = (mode: Mode): Effect.Effect<Lease, DbError.DbError> =>
       Effect.suspend(() => {
         if (closed) return Effect.fail(poolClosed())
-        const conn = tryTake(mode)
-        return conn !== undefined ? Effect.succeed(conn) : wait(mode)
+        // The fast path: nobody waits, and a connection is idle (or, for a statement at the maximum, joinable).
+        if (waiters.length === 0) {
+          const now = clock.currentTimeMillisUnsafe()
+          const slot = takeIdle(now) ?? (mode === "shared" ? joinable(now) : undefined)
+          if (slot !== undefined) return Effect.succeed(toHeld(slot, mode))
+        }
+        return timedWait(mode)
       })
 
-    const release = (conn: Conn.Conn, mode: Mode): void => {
+    const release = (lease: Lease, mode: Mode): void => {
+      // Only slots are handed out as leases.
+      const slot = lease as Slot
+      if (slot.state === "closing") return settle() // closed under its holder (the pool is closing)
       if (mode === "shared") {
-        conn.sharers--
-        if (conn.sharers > 0) {
-          if (!reusable(conn)) return
-          // Room for a shared waiter on a connection still in use.
-          if (waiters.length > 0 && waiters[0]!.mode === "shared") handOff(conn)
-          return
-        }
-        shared.delete(conn)
-      } else {
-        conn.exclusive = false
+        slot.statements--
+        if (slot.statements > 0) return settle() // room for a waiting statement
+        shared.delete(slot)
       }
-      if (closed || !reusable(conn)) {
-        discard(conn)
-        openForWaiters()
-        topUp()
-        return
-      }
-      handOff(conn)
+      const now = clock.currentTimeMillisUnsafe()
+      if (closed || !Conn.reusable(slot.conn, now)) toClosing(slot)
+      else toIdle(slot, now)
+      settle()
+      topUp()
     }
+
+    const alone = (lease: Lease): boolean => (lease as Slot).statements <= 1 // only slots are handed out as leases
 
     // Retire idle connections that died, expired or idled too long (above minSize), and keep minSize open.
     const idleMillis = Duration.toMillis(settings.idleTimeout)
     const maintenance = Effect.sync(() => {
-      const now = Date.now()
+      const now = clock.currentTimeMillisUnsafe()
       for (let i = idle.length - 1; i >= 0; i--) {
-        const conn = idle[i]!
-        const tooIdle = now - conn.idleSince >= idleMillis && scopes.size > settings.minSize
-        if (!reusable(conn) || tooIdle) {
+        const slot = idle[i]!
+        const tooIdle = now - slot.idleSince >= idleMillis && slots.size > settings.minSize
+        if (!Conn.reusable(slot.conn, now) || tooIdle) {
           idle.splice(i, 1)
-          discard(conn)
+          toClosing(slot)
         }
       }
       topUp()
+      settle()
     })
     const every = Duration.millis(Math.min(30_000, Math.max(50, idleMillis / 2)))
-    yield* Effect.forkIn(Effect.forever(Effect.andThen(Effect.sleep(every), maintenance)), poolScope)
+    fork(Effect.forever(Effect.andThen(Effect.sleep(every), maintenance)))
 
     yield* Effect.addFinalizer(() =>
       Effect.suspend(() => {
         closed = true
-        for (const w of waiters.splice(0)) w.resume(Exit.fail(poolClosed()))
-        const all = [...scopes.values()]
-        scopes.clear()
+        for (const w of [...waiters]) failWaiter(w, poolClosed())
+        settle()
+        for (const slot of [...slots]) toClosing(slot)
         idle.length = 0
-        return Effect.forEach(all, (scope) => Scope.close(scope, Exit.void), { concurrency: "unbounded", discard: true })
+        // Interrupts connects (each closes what it opened) and maintenance, and waits for every close.
+        return FiberSet.clear(fibers)
       })
     )
     topUp()
-    return { acquire, release, counts, isClosed: () => closed }
+    return { acquire, release, alone, counts }
   })

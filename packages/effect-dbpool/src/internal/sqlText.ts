@@ -121,12 +121,14 @@ const sessionSetting = /^(?:set(?!\s+local\b)|reset|discard|create\s+(?:(?:local
  */
 export const changesSession = (text: string): boolean => classify(text) === "session change"
 
-type Kind = "transaction control" | "session change" | "plain"
+/** What a statement does to its connection, as far as the pool cares. */
+export type Kind = "transaction control" | "session change" | "plain"
 
 /** Statement texts repeat (they come from templates): each is classified once. Bounded, and cleared when full. */
 const kinds = new Map<string, Kind>()
 
-const classify = (text: string): Kind => {
+/** Classifies a statement text (cached). */
+export const classify = (text: string): Kind => {
   let kind = kinds.get(text)
   if (kind === undefined) {
     const word = firstWordAt(text)
