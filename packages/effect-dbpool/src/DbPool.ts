@@ -29,7 +29,7 @@ import { WritePool, type WritePoolService } from "./WritePool.ts"
  * | `idleTimeout` | 10 minutes | `DATABASE_IDLE_TIMEOUT` |
  * | `maxLifetime` | 30 minutes (minus up to 10% jitter) | `DATABASE_MAX_LIFETIME` |
  * | `applicationName` | `effect-dbpool` | `DATABASE_APPLICATION_NAME` |
- * | `listenReconnect` | forever, 50 ms doubling to 2 s | — |
+ * | `listenReconnect` | forever, 50 ms doubling to 500 ms | — |
  * | `listenHealthCheckInterval` | 5 seconds | — |
  *
  * @example

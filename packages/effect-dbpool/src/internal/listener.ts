@@ -25,8 +25,11 @@ export interface ListenerSettings {
 
 export interface Subscriber {
   readonly queue: Queue.Queue<ListenEvent<string>, DbError.ListenError | Cause.Done>
-  /** Has this subscriber seen its first `Subscribed`? Later ones are resubscriptions. */
-  subscribed: boolean
+  /**
+   * The listening session whose `Subscribed` this subscriber last got (0: none yet; later ones are
+   * resubscriptions). Only that session's notifications reach it, so none comes before its `Subscribed`.
+   */
+  session: number
   dropped: number
 }
 
@@ -55,6 +58,10 @@ export const validateChannel = (channel: string): Effect.Effect<void, DbError.In
 
 const queryTimeoutMillis = 5000
 
+/** Ends a client, waiting (boundedly) until it has. */
+const end = (client: pg.Client): Effect.Effect<void> =>
+  Effect.promise(() => client.end().catch(() => undefined)).pipe(Effect.timeout(queryTimeoutMillis), Effect.ignore)
+
 const query = (client: pg.Client, text: string) =>
   Effect.tryPromise({ try: () => client.query(text), catch: (cause) => cause }).pipe(
     Effect.timeoutOrElse({ duration: queryTimeoutMillis, orElse: () => Effect.fail(new Error(`${text} timed out`)) }),
@@ -68,13 +75,16 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
     const channels = new Map<string, Set<Subscriber>>()
     let client: pg.Client | undefined
     let clientPid: number | undefined
+    let clientSession = 0
     const listened = new Set<string>()
     let supervisor: Fiber.Fiber<void> | undefined
     let closed = false
     let sessions = 0
+    /** Numbers each connection attempt; a client's notifications carry the number of the session it serves. */
+    let attempts = 0
     const counters = { delivered: 0, dropped: 0 }
 
-    const deliver = (message: pg.Notification) => {
+    const deliver = (session: number, message: pg.Notification) => {
       const subscribers = channels.get(message.channel)
       if (subscribers === undefined) return
       const event: ListenEvent<string> = {
@@ -84,8 +94,9 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
         pid: message.processId
       }
       for (const subscriber of subscribers) {
-        // Its stream starts with Subscribed: nothing before it (the LISTEN of a new channel may still be on its way).
-        if (!subscriber.subscribed) continue
+        // Its stream starts with Subscribed, and after a reconnect nothing of the new session comes before the new
+        // Subscribed (the LISTENs may still be on their way while the first channels already deliver).
+        if (subscriber.session !== session) continue
         // A full buffer drops the newest notification for this subscriber only; the others are not held up.
         if (Queue.offerUnsafe(subscriber.queue, event)) counters.delivered++
         else {
@@ -150,16 +161,17 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
     const establish = Effect.uninterruptibleMask((restore) =>
       Effect.flatMap(restore(connect), (c) =>
         // Until the client is the listener's (and the finalizer ends it), any failure or interruption ends it here.
-        Effect.onExit(restore(establishOn(c)), (exit) =>
-          Exit.isSuccess(exit) ? Effect.void : Effect.sync(() => void c.end().catch(() => {}))))
+        Effect.onExit(restore(establishOn(c)), (exit) => Exit.isSuccess(exit) ? Effect.void : end(c)))
     )
 
     const establishOn = (c: pg.Client) => Effect.gen(function*() {
+      const session = ++attempts
       const lost = yield* Deferred.make<void>()
       const markLost = () => Deferred.doneUnsafe(lost, Exit.void)
+      const onNotification = (message: pg.Notification) => deliver(session, message)
       c.on("end", markLost)
       c.on("error", markLost)
-      c.on("notification", deliver)
+      c.on("notification", onNotification)
       const pidResult = yield* Effect.tryPromise({ try: () => c.query("SELECT pg_backend_pid() AS pid"), catch: (e) => e }).pipe(
         Effect.timeoutOrElse({ duration: queryTimeoutMillis, orElse: () => Effect.fail(new Error("pg_backend_pid() timed out")) })
       )
@@ -168,15 +180,16 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
         listened.clear()
         for (const channel of channels.keys()) listened.add(channel)
         client = c
+        clientSession = session
         clientPid = Number(pidResult.rows[0]?.pid)
         for (const [channel, subscribers] of channels) {
           for (const subscriber of subscribers) {
-            offerSubscribed(subscriber, { _tag: "Subscribed", channel, resubscribed: subscriber.subscribed })
-            subscriber.subscribed = true
+            offerSubscribed(subscriber, { _tag: "Subscribed", channel, resubscribed: subscriber.session !== 0 })
+            subscriber.session = session
           }
         }
       }))
-      return { client: c, lost }
+      return { client: c, lost, onNotification }
     })
 
     const healthCheck = (c: pg.Client) =>
@@ -187,8 +200,29 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
         }
       })
 
+    /** A failed attempt is logged (first, second, fourth, eighth, … in a row), so a listener that cannot connect is seen. */
+    let failures = 0
+    const attempt = establish.pipe(
+      Effect.tapError((cause) => {
+        failures++
+        if ((failures & (failures - 1)) !== 0) return Effect.void
+        return Effect.logWarning("effect-dbpool: listening connection failed, retrying").pipe(
+          Effect.annotateLogs({
+            pool: settings.name,
+            server: settings.server,
+            failures,
+            // Driver messages name host, port, user and SQLSTATE, never the password.
+            error: cause instanceof Error ? cause.message : String(cause)
+          })
+        )
+      }),
+      Effect.tap(() => Effect.sync(() => {
+        failures = 0
+      }))
+    )
+
     const session = Effect.gen(function*() {
-      const { client: c, lost } = yield* Effect.retry(establish, settings.reconnect)
+      const { client: c, lost, onNotification } = yield* Effect.retry(attempt, settings.reconnect)
       sessions++
       if (sessions > 1) {
         yield* Effect.logInfo("effect-dbpool: listener reconnected").pipe(
@@ -203,8 +237,8 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
         listened.clear()
       }))
       // A half-closed old socket must not deliver into the new session.
-      c.removeListener("notification", deliver)
-      void c.end().catch(() => {})
+      c.removeListener("notification", onNotification)
+      yield* end(c)
       yield* Effect.logWarning("effect-dbpool: listening connection lost, reconnecting").pipe(
         Effect.annotateLogs({ pool: settings.name, server: settings.server })
       )
@@ -225,11 +259,12 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
     )
 
     yield* Effect.addFinalizer(() =>
-      Effect.sync(() => {
+      Effect.suspend(() => {
         closed = true
         failAll(new DbError.PoolClosed({ message: `pool ${settings.name} is closed`, pool: settings.name }))
-        if (client !== undefined) void client.end().catch(() => {})
+        const c = client
         client = undefined
+        return c === undefined ? Effect.void : end(c)
       })
     )
 
@@ -253,7 +288,7 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
         }
         if (client !== undefined && listened.has(channel)) {
           offerSubscribed(subscriber, { _tag: "Subscribed", channel, resubscribed: false })
-          subscriber.subscribed = true
+          subscriber.session = clientSession
         }
         if (supervisor === undefined) supervisor = yield* Effect.forkIn(supervise, scope)
       }))
@@ -286,8 +321,12 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
     return { subscribe, unsubscribe, stats, pid: Effect.sync(() => clientPid) }
   })
 
-/** Reconnect forever: 50 ms, doubling, at most 2 s apart. */
+/**
+ * Reconnect forever: 50 ms, doubling, at most 500 ms apart — a refused
+ * connection costs next to nothing, and a listener should be back within a
+ * second of the server accepting connections again.
+ */
 export const defaultReconnect: Schedule.Schedule<unknown, unknown> = Schedule.min([
   Schedule.exponential("50 millis"),
-  Schedule.spaced("2 seconds")
+  Schedule.spaced("500 millis")
 ])

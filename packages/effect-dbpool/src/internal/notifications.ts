@@ -18,7 +18,7 @@ const rawStream = (listener: Listener, channel: string, options: ListenOptions |
       (queue) =>
         Effect.gen(function*() {
           yield* validateChannel(channel)
-          const s: Subscriber = { queue, subscribed: false, dropped: 0 }
+          const s: Subscriber = { queue, session: 0, dropped: 0 }
           subscriber = s
           yield* Effect.acquireRelease(listener.subscribe(channel, s), () => listener.unsubscribe(channel, s))
         }),
