@@ -709,8 +709,11 @@ describe("reconnecting", () => {
       yield* rl.close
       assert.strictEqual((yield* patient.stats).subscribers, 2)
       yield* server.start
+      const accepting = Date.now()
 
       assert.deepStrictEqual(yield* rp.subscribed(true, "15 seconds"), { _tag: "Subscribed", channel: ch, resubscribed: true })
+      // The default policy probes at least every 500 ms while the server is down: back within a second of it accepting.
+      assert.isBelow(Date.now() - accepting, 1000, "resubscribed within 1 s of the server accepting connections")
       // The one that joined while down is subscribed for the first time.
       assert.deepStrictEqual(yield* Fiber.join(joined), { _tag: "Subscribed", channel: joining, resubscribed: false })
       const pidAfter = yield* patient.listenerPid
