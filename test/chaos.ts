@@ -71,6 +71,9 @@ const program = Effect.gen(function*() {
   const received = new Set<string>()
   let lastFaultAt = 0
   let listenerRecoveryMs = 0
+  /** When the restarted server accepted connections again, and how long the listener took to resubscribe after that. */
+  let serverBackAt = 0
+  let listenerAfterRestartMs: number | null = null
   let resubscriptions = 0
   const listening = yield* Deferred.make<void>()
   const listener = yield* notifications.listen("transfers", { bufferSize: 1 << 16 }).pipe(
@@ -80,6 +83,7 @@ const program = Effect.gen(function*() {
         else if (event.resubscribed) {
           resubscriptions++
           if (lastFaultAt > 0) listenerRecoveryMs = Math.max(listenerRecoveryMs, Date.now() - lastFaultAt)
+          if (serverBackAt > 0 && listenerAfterRestartMs === null) listenerAfterRestartMs = Date.now() - serverBackAt
         }
       }).pipe(Effect.andThen(event._tag === "Subscribed" ? Deferred.succeed(listening, undefined) : Effect.void))
     ),
@@ -185,6 +189,7 @@ const program = Effect.gen(function*() {
         yield* Effect.orDie(server.stop)
         yield* Effect.sleep("1 second")
         yield* Effect.orDie(server.start)
+        serverBackAt = Date.now()
         injected("server restart")
       } else if (roll < 0.6) {
         const killed = yield* observe<{ pid: number }>(
@@ -272,6 +277,7 @@ const program = Effect.gen(function*() {
     leakedConnections: leftover[0]?.n ?? -1,
     idleInTransaction: idleInTransactionBefore[0]?.n ?? -1,
     listenerRecoveryMs,
+    listenerAfterRestartMs,
     inDoubt: inDoubt.size,
     resubscriptions,
     totalBalanceUnchanged: totalOk,
@@ -285,7 +291,7 @@ const program = Effect.gen(function*() {
     `transfers: ${committed.size} committed, ${rejected} refused (insufficient funds), ${inDoubt.size} in doubt; total balance ${totalOk ? "unchanged" : "CHANGED"}`
   )
   console.log(
-    `listener: ${resubscriptions} resubscriptions, slowest recovery ${listenerRecoveryMs} ms, receiving at the end: ${listenerReceiving}; ${notAnnounced} committed transfers not announced (sent while it was disconnected: Postgres keeps none)`
+    `listener: ${resubscriptions} resubscriptions, slowest recovery ${listenerRecoveryMs} ms (${listenerAfterRestartMs} ms after the restarted server accepted connections), receiving at the end: ${listenerReceiving}; ${notAnnounced} committed transfers not announced (sent while it was disconnected: Postgres keeps none)`
   )
   for (const u of unhandled) console.log(u)
   const ok = lost === 0 && duplicated === 0 && hung === 0 && unhandled.length === 0 && summary.leakedConnections === 0 &&
