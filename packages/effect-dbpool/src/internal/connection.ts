@@ -387,12 +387,11 @@ export const commit = (conn: Conn): Effect.Effect<void, DbError.DbError> =>
   Effect.uninterruptible(Effect.suspend(() => {
     const failedBefore = conn.failed
     return control(conn, "COMMIT").pipe(
-      // Whatever the server answered, the transaction is over (committed, or rolled back by the server).
-      Effect.ensuring(Effect.sync(() => {
-        if (conn.wire !== "dead") {
-          conn.txDepth = 0
-          conn.failed = false
-        }
+      // Answered, the transaction is over (committed, or rolled back by the server). A COMMIT that failed (a
+      // deferred constraint, a stray cancel) may leave it open and aborted: the depth stays, so check-in rolls back.
+      Effect.tap(() => Effect.sync(() => {
+        conn.txDepth = 0
+        conn.failed = false
       })),
       Effect.flatMap((result) => result.command === "ROLLBACK" || failedBefore ? Effect.fail(aborted("transaction")) : Effect.void)
     )
