@@ -12,7 +12,7 @@ import type { Connection, InteractionPool } from "effect-dbpool"
 import * as Net from "node:net"
 import postgres from "postgres"
 import { afterAll, afterEach, expect, inject } from "vitest"
-import { databaseUrl, harness, poll } from "./support.ts"
+import { databaseUrl, harness, outsideTransaction, poll } from "./support.ts"
 
 const h = harness("regressions")
 
@@ -442,6 +442,50 @@ describe("partial transactions", () => {
         }
         assert.deepStrictEqual(problems, [])
       }))))
+})
+
+describe("commit", () => {
+  // A COMMIT that takes a while on the server: a deferred constraint trigger sleeps 300 ms when it fires.
+  const setup = [
+    "DROP TABLE IF EXISTS regress_slow_commit",
+    "CREATE TABLE regress_slow_commit (id int PRIMARY KEY, v int NOT NULL)",
+    "INSERT INTO regress_slow_commit VALUES (1, 0)",
+    "CREATE OR REPLACE FUNCTION regress_slow_commit_sleep() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.3); RETURN NULL; END $$",
+    "CREATE CONSTRAINT TRIGGER regress_slow_commit_sleep AFTER UPDATE ON regress_slow_commit DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION regress_slow_commit_sleep()"
+  ]
+  const teardown = ["DROP TABLE IF EXISTS regress_slow_commit", "DROP FUNCTION IF EXISTS regress_slow_commit_sleep()"]
+
+  it.live("fault 5: a COMMIT that was sent is awaited when its fiber is interrupted; the commit stands and the connection stays clean", () =>
+    Effect.gen(function*() {
+      for (const text of setup) yield* h.observe(text)
+      yield* withPools({ maxSize: 1 }, Effect.gen(function*() {
+        const pool = yield* WritePool
+        for (const [i, how] of (["partial transaction", "transaction"] as const).entries()) {
+          const value = i + 1
+          const committing = yield* Effect.forkChild(
+            how === "partial transaction"
+              ? Effect.scoped(Effect.gen(function*() {
+                const tx = yield* pool.partialTransaction()
+                yield* tx.run(sql`UPDATE regress_slow_commit SET v = ${value} WHERE id = 1`)
+                yield* tx.commit
+              }))
+              : pool.transaction((conn) => conn.run(sql`UPDATE regress_slow_commit SET v = ${value} WHERE id = 1`))
+          )
+          // Interrupted while the server runs the deferred trigger inside COMMIT.
+          yield* eventually(
+            `${how}: COMMIT running on the server`,
+            h.observe<{ query: string }>("SELECT query FROM pg_stat_activity WHERE application_name = $1 AND state = 'active'", [h.appName]),
+            (rows) => rows.some((r) => r.query === "COMMIT")
+          )
+          yield* within(`${how}: the interrupted commit`, 5000, Fiber.interrupt(committing))
+          const exit = yield* Fiber.await(committing)
+          const rows = yield* h.observe<{ v: number }>("SELECT v FROM regress_slow_commit WHERE id = 1")
+          assert.strictEqual(rows[0]?.v, value, `${how}: the COMMIT that was sent took effect (exit: ${describeExit(exit)})`)
+          assert.deepStrictEqual(yield* idleInTransaction, [], `${how}: no session idle in transaction`)
+          assert.isTrue(yield* within(`${how}: the next holder`, 3000, outsideTransaction), `${how}: the next holder is outside any transaction`)
+        }
+      }))
+    }).pipe(Effect.ensuring(Effect.forEach(teardown, (text) => h.observe(text), { discard: true }))))
 })
 
 // ---------------------------------------------------------------------------
