@@ -780,6 +780,18 @@ const otherHostName = (): Redacted.Redacted<string> => {
   return Redacted.make(url.toString())
 }
 
+describe("results", () => {
+  it.live("a statement that fails after sending rows leaves no holes in the next result on that connection", () =>
+    withPools({ maxSize: 1 }, Effect.gen(function*() {
+      const pool = yield* WritePool
+      // Rows 1 and 2 are sent before row 3 divides by zero.
+      const failed = yield* Effect.flip(pool.run(sql`SELECT 1 / (3 - x) AS v FROM generate_series(1, 5) AS x`))
+      assert.strictEqual(failed._tag, "DatabaseError")
+      assert.deepStrictEqual(yield* pool.run(sql`SELECT 1 AS one`), [{ one: 1 }])
+      assert.deepStrictEqual(yield* pool.interaction((conn) => conn.run(sql`SELECT ${"a"}::text AS x UNION ALL SELECT ${"b"}::text`)), [{ x: "a" }, { x: "b" }])
+    })))
+})
+
 describe("sizes", () => {
   it.live("fault 9: stats.serverMax says how many backends the Layer may open on the pool's server", () =>
     Effect.gen(function*() {

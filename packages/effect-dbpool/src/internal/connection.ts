@@ -43,6 +43,12 @@ export interface ConnectOptions {
  */
 export type Wire = "ready" | "cancelling" | "doubtful" | "dead"
 
+/** The part of a postgres.js query this module relies on; `state` is set once the query was handed to the connection. */
+interface DriverQuery {
+  readonly cancel: () => unknown
+  readonly state?: unknown
+}
+
 /** One connection's wire and session state, changed only by this module. */
 export class Conn {
   wire: Wire = "ready"
@@ -54,6 +60,8 @@ export class Conn {
   sessionChanged = false
   /** Makes savepoint names unique on this connection. */
   savepoints = 0
+  /** Statements given to the driver and not yet settled. */
+  readonly inflight = new Set<DriverQuery>()
   pid = 0
   readonly sql: postgres.Sql
   readonly server: string
@@ -67,6 +75,20 @@ export class Conn {
 
 const markDead = (conn: Conn): void => {
   conn.wire = "dead"
+}
+
+/**
+ * The socket closed. postgres.js would open a new backend by itself for any
+ * statement still queued inside it (not yet sent: it waits behind a statement
+ * being described) — a silent new session, outside the transaction its holder
+ * believes it is in, that nobody closes. Dropping those statements first
+ * leaves it nothing to reconnect for; they fail with `ConnectionLost`.
+ */
+const socketClosed = (conn: Conn): void => {
+  markDead(conn)
+  for (const query of conn.inflight) {
+    if (query.state === undefined || query.state === null) query.cancel()
+  }
 }
 
 /** Can the connection take more work (now = the pool clock's milliseconds)? */
@@ -125,7 +147,7 @@ export const open = (options: ConnectOptions): Effect.Effect<Conn, DbError.DbErr
       let sql: postgres.Sql
       try {
         sql = driver(options, () => {
-          if (conn !== undefined) markDead(conn)
+          if (conn !== undefined) socketClosed(conn)
         })
       } catch {
         // The driver throws on a URL it cannot parse, with the URL in the error: say so without repeating it.
@@ -245,12 +267,6 @@ type Outcome = { readonly ok: true; readonly rows: postgres.RowList<Array<postgr
   readonly error: unknown
 }
 
-/** The part of a postgres.js query this module relies on; `state` is set once the query was handed to the connection. */
-interface DriverQuery {
-  readonly cancel: () => unknown
-  readonly state?: unknown
-}
-
 /** Only a 57014 caused by a cancel request proves that ours landed: a statement timeout's 57014 says nothing of it. */
 const cancelledByRequest = (error: unknown): boolean => {
   if (typeof error !== "object" || error === null) return false
@@ -304,23 +320,44 @@ export const execute = (
     // simple: false keeps the extended protocol even without parameters, so text holds one statement only
     // (a smuggled "; BEGIN" is a syntax error); the option exists at run time but not in the driver's typings.
     const query = conn.sql.unsafe(text, params, { prepare: true, simple: false } as postgres.UnsafeQueryOptions)
+    const tracked: DriverQuery = query as DriverQuery // the driver's query carries `state` at run time, untyped
+    conn.inflight.add(tracked)
     // One reaction: the outcome is both what the caller gets and what a cancel waits for.
     const outcome: Promise<Outcome> = query.then(
       (rows) => {
+        conn.inflight.delete(tracked)
         const o: Outcome = { ok: true, rows }
         resume(Effect.succeed(rows))
         return o
       },
       (error: unknown) => {
+        conn.inflight.delete(tracked)
+        // Dropped because the socket closed (see socketClosed): the connection was lost, whatever the driver says.
+        const dropped = conn.wire === "dead" && !isConnectionFailure(error)
         noteFailure(conn, error)
-        resume(Effect.fail(fromDriver(error, text)))
+        resume(Effect.fail(dropped ? lost(conn, text) : fromDriver(error, text)))
         return { ok: false, error }
       }
     )
     return Effect.suspend(() =>
-      pipelined !== undefined && pipelined() ? Effect.void : cancelAndSettle(conn, query as DriverQuery, outcome)
+      pipelined !== undefined && pipelined() ? Effect.void : cancelAndSettle(conn, tracked, outcome)
     )
   })
+
+/**
+ * Plain arrays of plain objects: the driver's RowList carries extra fields
+ * users should not depend on. Holes are skipped: postgres.js 3.4.9 does not
+ * reset its row index when a statement fails after sending rows (a cancel, a
+ * statement timeout, a division by zero in row 3), so the next result on that
+ * connection starts at the stale index, with empty slots before its rows.
+ */
+const plainRows = (result: ReadonlyArray<postgres.Row>): Array<postgres.Row> => {
+  const rows: Array<postgres.Row> = []
+  for (let i = 0; i < result.length; i++) {
+    if (i in result) rows.push(result[i]!)
+  }
+  return rows
+}
 
 const decodeRows = <S extends Schema.Top>(schema: S, statement: string) => {
   const decode = Schema.decodeUnknownEffect(Schema.Array(schema))
@@ -337,8 +374,7 @@ export const runPrepared = (
   pipelined?: () => boolean
 ): Effect.Effect<ReadonlyArray<unknown>, DbError.DbError | DbError.RowDecodeError, unknown> => {
   if (prepared.changesSession) conn.sessionChanged = true
-  // Plain arrays of plain objects: the driver's RowList carries extra fields users should not depend on.
-  const rows = Effect.map(execute(conn, prepared.text, prepared.params, pipelined), (result) => Array.from(result))
+  const rows = Effect.map(execute(conn, prepared.text, prepared.params, pipelined), plainRows)
   return schema === undefined ? rows : Effect.flatMap(rows, decodeRows(schema, prepared.text))
 }
 

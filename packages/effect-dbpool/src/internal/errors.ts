@@ -121,6 +121,10 @@ export const fromDriver = (u: unknown, statement: string | undefined): DbError.D
   const e: DriverError = typeof u === "object" && u !== null ? u : {}
   const message = str(e.message) ?? String(u)
   const code = str(e.code)
+  // Socket error codes can look like SQLSTATEs ("EPIPE" is five capitals): they are checked first.
+  if (code !== undefined && connectionCodes.has(code)) {
+    return new DbError.ConnectionLost({ message: `connection lost: ${message}`, sqlState: code, statement })
+  }
   if (code === undefined || !/^[0-9A-Z]{5}$/.test(code)) {
     if (isConnectionFailure(u)) {
       return new DbError.ConnectionLost({ message: `connection lost: ${message}`, sqlState: code, statement })
