@@ -36,30 +36,12 @@ import {
 } from "effect"
 import { DbPool, Notifications, ReadPool, sql, WritePool } from "effect-dbpool"
 import type { Connection } from "effect-dbpool"
-import { afterAll, afterEach, expect } from "vitest"
 import * as Net from "node:net"
-import { databaseUrl, harness } from "./support.ts"
+import { databaseUrl, failOnEscapes, harness } from "./support.ts"
 
 const h = harness("notifications")
 
-// A driver error escaping the library (an 'error' event without a listener, a rejected promise nobody
-// awaits) would crash a user's process: every one is recorded and fails the test it happened in.
-const escaped: Array<string> = []
-const onUncaughtException = (error: unknown) => {
-  escaped.push(`uncaughtException: ${String(error)}`)
-}
-const onUnhandledRejection = (error: unknown) => {
-  escaped.push(`unhandledRejection: ${String(error)}`)
-}
-process.on("uncaughtException", onUncaughtException)
-process.on("unhandledRejection", onUnhandledRejection)
-afterEach(() => {
-  expect(escaped.splice(0)).toEqual([])
-})
-afterAll(() => {
-  process.off("uncaughtException", onUncaughtException)
-  process.off("unhandledRejection", onUnhandledRejection)
-})
+failOnEscapes()
 
 class Boom extends Data.TaggedError("Boom")<{}> {}
 

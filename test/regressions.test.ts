@@ -11,27 +11,12 @@ import { DbPool, Notifications, ReadPool, sql, WritePool } from "effect-dbpool"
 import type { Connection, InteractionPool } from "effect-dbpool"
 import * as Net from "node:net"
 import postgres from "postgres"
-import { afterAll, afterEach, expect, inject } from "vitest"
-import { databaseUrl, harness, outsideTransaction, poll } from "./support.ts"
+import { inject } from "vitest"
+import { databaseUrl, failOnEscapes, harness, outsideTransaction, poll } from "./support.ts"
 
 const h = harness("regressions")
 
-// A driver failure escaping the library would crash a user's process: every one fails the test it happened in.
-const escaped: Array<string> = []
-const onUncaught = (kind: string) => (error: unknown) => {
-  escaped.push(`${kind}: ${String(error)}`)
-}
-const onUncaughtException = onUncaught("uncaughtException")
-const onUnhandledRejection = onUncaught("unhandledRejection")
-process.on("uncaughtException", onUncaughtException)
-process.on("unhandledRejection", onUnhandledRejection)
-afterEach(() => {
-  expect(escaped.splice(0)).toEqual([])
-})
-afterAll(() => {
-  process.off("uncaughtException", onUncaughtException)
-  process.off("unhandledRejection", onUnhandledRejection)
-})
+failOnEscapes()
 
 // ---------------------------------------------------------------------------
 // helpers

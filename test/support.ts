@@ -50,6 +50,30 @@ export const outsideTransaction = Effect.gen(function*() {
   )
 })
 
+/**
+ * A driver error escaping the library (an 'error' event without a listener, a
+ * rejected promise nobody awaits) would crash a user's process: every one is
+ * recorded and fails the test it happened in.
+ */
+export const failOnEscapes = (): void => {
+  const escaped: Array<string> = []
+  const onUncaughtException = (error: unknown) => {
+    escaped.push(`uncaughtException: ${String(error)}`)
+  }
+  const onUnhandledRejection = (error: unknown) => {
+    escaped.push(`unhandledRejection: ${String(error)}`)
+  }
+  process.on("uncaughtException", onUncaughtException)
+  process.on("unhandledRejection", onUnhandledRejection)
+  afterEach(() => {
+    expect(escaped.splice(0)).toEqual([])
+  })
+  afterAll(() => {
+    process.off("uncaughtException", onUncaughtException)
+    process.off("unhandledRejection", onUnhandledRejection)
+  })
+}
+
 /** Repeats `check` until `ok` holds or `millis` have passed; returns the last result. */
 export const poll = <A>(check: Effect.Effect<A>, ok: (a: A) => boolean, millis = 3000): Effect.Effect<A> =>
   Effect.gen(function*() {
