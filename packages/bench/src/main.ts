@@ -3,6 +3,16 @@
  * each client in a child process of its own, clients interleaved per
  * workload. `pnpm bench` (full) or `pnpm bench:quick`.
  *
+ * Steady state is what is measured: every client warms up (at least 2 s)
+ * before its measured run, and effect-dbpool waits for its minSize
+ * connections. Each case runs in three or more rounds, interleaved, with the
+ * machine's CPU steal recorded per round (/proc/stat); figures are medians
+ * over the rounds, ratios are taken within a round and reported as the
+ * median with their spread, and every client's CPU time per operation is
+ * reported — on shared cores a far steadier figure than operations per
+ * second. One more case runs 16 s at c=64 in four slices, so that a
+ * slow-down over time shows.
+ *
  * Prints a table, writes results/bench-<mode>.json and .svg, and prints as
  * its very last line one JSON object {"results":[…]}.
  */
@@ -17,9 +27,10 @@ import { percentile } from "./load.ts"
 
 const quick = process.argv.includes("--quick")
 const mode = quick ? "quick" : "full"
-const durationMs = quick ? 1200 : 5000
-const warmupMs = quick ? 300 : 1000
-const rounds = quick ? 1 : 2
+const durationMs = quick ? 1500 : 5000
+const warmupMs = quick ? 2000 : 3000
+const rounds = 3
+const longMs = 16_000
 const here = Path.dirname(fileURLToPath(import.meta.url))
 const resultsDir = Path.join(here, "..", "results")
 
@@ -32,6 +43,13 @@ interface Result {
   readonly p50Ms: number | null
   readonly p99Ms: number | null
   readonly peakRssMb: number | null
+  /** Client CPU (user + system) per operation, µs. */
+  readonly cpuUsPerOp: number | null
+  /** CPU steal on the machine during the round, %. */
+  readonly stealPct: number | null
+  readonly round: number
+  /** ops/s per slice of the measured run (the long case). */
+  readonly sliceOpsPerSec?: ReadonlyArray<number> | undefined
 }
 
 interface Case {
@@ -41,6 +59,8 @@ interface Case {
   readonly clients: ReadonlyArray<string>
   /** pgbench script, when pgbench can run this workload. */
   readonly pgbench?: string
+  /** Runs once, for 16 s in four slices. */
+  readonly long?: boolean
 }
 
 const queryClients = ["effect-dbpool", "postgres.js", "effect-sql-pg", "effect-sql-pg-multiplex", "pg-pool"]
@@ -57,8 +77,29 @@ const cases: ReadonlyArray<Case> = [
   { workload: "notify", concurrency: 16, poolSize: 1, clients: ["effect-dbpool", "postgres.js", "effect-sql-pg", "pg-listen"] }
 ]
 
-const runWorker = (url: string, client: string, c: Case): Promise<Result> =>
+/** Slow-down over time: 16 s at c=64 on 16 connections. */
+const longCase: Case = {
+  workload: "point-select",
+  concurrency: 64,
+  poolSize: 16,
+  clients: quick ? ["effect-dbpool", "postgres.js", "effect-sql-pg-multiplex"] : queryClients,
+  long: true
+}
+
+/** The machine's total and steal jiffies so far (the aggregate `cpu` line of /proc/stat). */
+const cpuTimes = (): { total: number; steal: number } | undefined => {
+  try {
+    const line = Fs.readFileSync("/proc/stat", "utf8").split("\n")[0] ?? ""
+    const xs = line.trim().split(/\s+/).slice(1).map(Number)
+    return { total: xs.reduce((a, b) => a + b, 0), steal: xs[7] ?? 0 }
+  } catch {
+    return undefined
+  }
+}
+
+const runWorker = (url: string, client: string, c: Case, round: number): Promise<Result> =>
   new Promise((resolve, reject) => {
+    const before = cpuTimes()
     const child = spawn(process.execPath, [
       "--experimental-strip-types",
       "--no-warnings",
@@ -67,8 +108,9 @@ const runWorker = (url: string, client: string, c: Case): Promise<Result> =>
       c.workload,
       String(c.concurrency),
       String(c.poolSize),
-      String(durationMs),
-      String(warmupMs)
+      String(c.long === true ? longMs : durationMs),
+      String(warmupMs),
+      String(c.long === true ? 4 : 1)
     ], { env: { ...process.env, BENCH_DATABASE_URL: url }, stdio: ["ignore", "pipe", "pipe"] })
     let out = ""
     let err = ""
@@ -77,15 +119,41 @@ const runWorker = (url: string, client: string, c: Case): Promise<Result> =>
     child.on("close", (code) => {
       const line = out.trim().split("\n").pop() ?? ""
       if (code !== 0 || !line.startsWith("{")) return reject(new Error(`${client} ${c.workload} failed (${code}): ${err.slice(-2000)}`))
-      const r = JSON.parse(line) as { opsPerSec: number; p50Ms: number; p99Ms: number; peakRssMb: number } // our worker's own output
-      resolve({ workload: c.workload, concurrency: c.concurrency, poolSize: c.poolSize, client, opsPerSec: r.opsPerSec, p50Ms: r.p50Ms, p99Ms: r.p99Ms, peakRssMb: r.peakRssMb })
+      // Our worker's own output.
+      const r = JSON.parse(line) as {
+        opsPerSec: number
+        p50Ms: number
+        p99Ms: number
+        peakRssMb: number
+        cpuUsPerOp: number | null
+        sliceOpsPerSec: Array<number>
+      }
+      const after = cpuTimes()
+      const stealPct = before === undefined || after === undefined || after.total === before.total
+        ? null
+        : (100 * (after.steal - before.steal)) / (after.total - before.total)
+      resolve({
+        workload: c.long === true ? "point-select-16s" : c.workload,
+        concurrency: c.concurrency,
+        poolSize: c.poolSize,
+        client,
+        opsPerSec: r.opsPerSec,
+        p50Ms: r.p50Ms,
+        p99Ms: r.p99Ms,
+        peakRssMb: r.peakRssMb,
+        cpuUsPerOp: r.cpuUsPerOp,
+        stealPct,
+        round,
+        sliceOpsPerSec: c.long === true ? r.sliceOpsPerSec : undefined
+      })
     })
   })
 
 const pgbenchAvailable = spawnSync("pgbench", ["--version"]).status === 0
 
-const runPgbench = (url: string, c: Case): Result | undefined => {
+const runPgbench = (url: string, c: Case, round: number): Result | undefined => {
   if (c.pgbench === undefined || !pgbenchAvailable) return undefined
+  const before = cpuTimes()
   const u = new URL(url)
   const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "dbpool-pgbench-"))
   try {
@@ -125,16 +193,25 @@ const runPgbench = (url: string, c: Case): Result | undefined => {
       opsPerSec: Number(tps[1]),
       p50Ms: latencies.length > 0 ? percentile(sorted, 50) : null,
       p99Ms: latencies.length > 0 ? percentile(sorted, 99) : null,
-      peakRssMb: null
+      peakRssMb: null,
+      // pgbench's CPU is a separate process's, not comparable with the in-process clients.
+      cpuUsPerOp: null,
+      stealPct: ((after) =>
+        before === undefined || after === undefined || after.total === before.total
+          ? null
+          : (100 * (after.steal - before.steal)) / (after.total - before.total))(cpuTimes()),
+      round
     }
   } finally {
     Fs.rmSync(dir, { recursive: true, force: true })
   }
 }
 
-const mean = (xs: ReadonlyArray<number | null>): number | null => {
-  const ns = xs.filter((x): x is number => x !== null && Number.isFinite(x))
-  return ns.length === 0 ? null : ns.reduce((a, b) => a + b, 0) / ns.length
+const median = (xs: ReadonlyArray<number | null>): number | null => {
+  const ns = xs.filter((x): x is number => x !== null && Number.isFinite(x)).sort((x, y) => x - y)
+  if (ns.length === 0) return null
+  const mid = Math.floor(ns.length / 2)
+  return ns.length % 2 === 1 ? ns[mid]! : (ns[mid - 1]! + ns[mid]!) / 2
 }
 
 const key = (r: { workload: string; concurrency: number; poolSize: number }) => `${r.workload} c=${r.concurrency} pool=${r.poolSize}`
@@ -169,6 +246,54 @@ const chart = (results: ReadonlyArray<Result>): string => {
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${y + 10}" viewBox="0 0 ${width} ${y + 10}"><rect width="100%" height="100%" fill="white"/>${legend}<text x="4" y="32" font-size="10" font-family="sans-serif">operations (or notifications) per second — ${mode} run</text>${body}</svg>\n`
 }
 
+/** A client's figures over the rounds: medians, and its ratio to the best peer and to pgbench within each round. */
+interface Summary extends Result {
+  readonly minOpsPerSec: number
+  readonly maxOpsPerSec: number
+  readonly vsBestPeer: { readonly median: number; readonly min: number; readonly max: number } | null
+  readonly vsPgbench: number | null
+}
+
+const summarize = (all: ReadonlyArray<Result>): Array<Summary> => {
+  const byCase = new Map<string, Array<Result>>()
+  for (const r of all) {
+    const k = r.client === "pgbench" ? `${r.workload} c=${r.concurrency}` : key(r)
+    byCase.set(`${k}|${r.client}`, [...(byCase.get(`${k}|${r.client}`) ?? []), r])
+  }
+  const summaries: Array<Summary> = []
+  for (const rs of byCase.values()) {
+    const first = rs[0]!
+    const ratios: Array<number> = []
+    const benchRatios: Array<number> = []
+    if (first.client !== "pgbench") {
+      for (const r of rs) {
+        const peers = all.filter((x) =>
+          key(x) === key(r) && x.round === r.round && x.client !== "effect-dbpool" && x.client !== "pgbench" && x.client !== r.client
+        )
+        const best = Math.max(...peers.map((x) => x.opsPerSec))
+        if (peers.length > 0 && best > 0) ratios.push(r.opsPerSec / best)
+        const bench = all.find((x) => x.client === "pgbench" && x.workload === r.workload && x.concurrency === r.concurrency && x.round === r.round)
+        if (bench !== undefined && bench.opsPerSec > 0) benchRatios.push(r.opsPerSec / bench.opsPerSec)
+      }
+    }
+    const ops = rs.map((r) => r.opsPerSec)
+    summaries.push({
+      ...first,
+      opsPerSec: median(ops) ?? 0,
+      minOpsPerSec: Math.min(...ops),
+      maxOpsPerSec: Math.max(...ops),
+      p50Ms: median(rs.map((r) => r.p50Ms)),
+      p99Ms: median(rs.map((r) => r.p99Ms)),
+      peakRssMb: median(rs.map((r) => r.peakRssMb)),
+      cpuUsPerOp: median(rs.map((r) => r.cpuUsPerOp)),
+      stealPct: median(rs.map((r) => r.stealPct)),
+      vsBestPeer: ratios.length === 0 ? null : { median: median(ratios)!, min: Math.min(...ratios), max: Math.max(...ratios) },
+      vsPgbench: median(benchRatios)
+    })
+  }
+  return summaries
+}
+
 const main = Effect.gen(function*() {
   const scope = yield* Scope.make()
   const context = yield* Layer.buildWithScope(
@@ -177,69 +302,69 @@ const main = Effect.gen(function*() {
   )
   const server = Context.get(context, EmbeddedPostgres)
   const url = Redacted.value(server.url)
-  console.log(`server: ${server.embedded ? `embedded Postgres, port ${server.port}` : "DATABASE_URL"}; ${mode} run, ${durationMs} ms per client and case, ${rounds} round(s)`)
+  console.log(
+    `server: ${server.embedded ? `embedded Postgres, port ${server.port}` : "DATABASE_URL"}; ${mode} run: ${rounds} rounds, ` +
+      `${warmupMs} ms warm-up and ${durationMs} ms measured per client and case, plus ${longMs / 1000} s at c=64 once`
+  )
   if (!pgbenchAvailable) console.log("pgbench is not on the PATH: its rows are skipped")
   const all: Array<Result> = []
-  const pgbenchRuns = new Set<string>()
+  const show = (r: Result) =>
+    console.log(
+      `  round ${r.round + 1}  ${key(r).padEnd(36)} ${r.client.padEnd(24)} ${Math.round(r.opsPerSec).toString().padStart(7)} ops/s` +
+        `${r.cpuUsPerOp === null ? "" : `  ${r.cpuUsPerOp.toFixed(1).padStart(6)} µs CPU/op`}${r.stealPct === null ? "" : `  steal ${r.stealPct.toFixed(1)}%`}`
+    )
   for (let round = 0; round < rounds; round++) {
     for (const c of cases) {
-      // Alternate the order between rounds so that no client always runs first.
-      const clients = round % 2 === 0 ? c.clients : [...c.clients].reverse()
+      // Rotate the order between rounds so that no client always runs first.
+      const clients = c.clients.map((_, i) => c.clients[(i + round) % c.clients.length]!)
       for (const client of clients) {
-        const r = yield* Effect.promise(() => runWorker(url, client, c))
+        const r = yield* Effect.promise(() => runWorker(url, client, c, round))
         all.push(r)
-        console.log(`  ${key(c).padEnd(36)} ${client.padEnd(24)} ${Math.round(r.opsPerSec).toString().padStart(7)} ops/s`)
+        show(r)
       }
       // pgbench opens one connection per client: it runs once per workload and concurrency, not per pool size.
-      const pgbenchKey = `${round}|${c.workload}|${c.concurrency}`
-      const b = pgbenchRuns.has(pgbenchKey) ? undefined : runPgbench(url, c)
-      pgbenchRuns.add(pgbenchKey)
-      if (b !== undefined) {
-        all.push(b)
-        console.log(`  ${key(c).padEnd(36)} ${"pgbench".padEnd(24)} ${Math.round(b.opsPerSec).toString().padStart(7)} ops/s`)
+      if (!all.some((r) => r.client === "pgbench" && r.round === round && r.workload === c.workload && r.concurrency === c.concurrency)) {
+        const b = runPgbench(url, c, round)
+        if (b !== undefined) {
+          all.push(b)
+          show(b)
+        }
       }
     }
   }
+  for (const client of longCase.clients) {
+    const r = yield* Effect.promise(() => runWorker(url, client, longCase, 0))
+    all.push(r)
+    show(r)
+    console.log(`      slices of 4 s: ${(r.sliceOpsPerSec ?? []).map((x) => Math.round(x)).join(" → ")} ops/s`)
+  }
   yield* Scope.close(scope, Exit.void)
 
-  // Average the rounds.
-  const merged = new Map<string, Array<Result>>()
-  for (const r of all) {
-    const k = `${key(r)}|${r.client}`
-    merged.set(k, [...(merged.get(k) ?? []), r])
-  }
-  const results: Array<Result> = [...merged.values()].map((rs) => ({
-    ...rs[0]!,
-    opsPerSec: mean(rs.map((r) => r.opsPerSec)) ?? 0,
-    p50Ms: mean(rs.map((r) => r.p50Ms)),
-    p99Ms: mean(rs.map((r) => r.p99Ms)),
-    peakRssMb: mean(rs.map((r) => r.peakRssMb))
-  }))
-
+  const results = summarize(all)
   const lines = [
-    "| workload | c | pool | client | ops/s | p50 ms | p99 ms | peak RSS MB | vs best peer | vs pgbench |",
-    "|---|---|---|---|---|---|---|---|---|---|"
+    "| workload | c | pool | client | ops/s (median) | min–max | CPU µs/op | p50 ms | p99 ms | peak RSS MB | vs best peer (median, min–max) | vs pgbench | steal % |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   ]
-  for (const c of cases) {
+  for (const c of [...cases, { ...longCase, workload: "point-select-16s" as const }]) {
     const rows = results
       .filter((r) => r.workload === c.workload && r.concurrency === c.concurrency && (r.poolSize === c.poolSize || r.client === "pgbench"))
       .sort((a, b) => Number(a.client === "pgbench") - Number(b.client === "pgbench"))
-    const peers = rows.filter((r) => r.client !== "effect-dbpool" && r.client !== "pgbench")
-    const best = Math.max(...peers.map((r) => r.opsPerSec))
-    const bench = rows.find((r) => r.client === "pgbench")
     for (const r of rows) {
+      const slicesNote = r.sliceOpsPerSec === undefined ? "" : ` (${r.sliceOpsPerSec.map((x) => Math.round(x)).join("→")})`
       lines.push(
-        `| ${r.workload} | ${r.concurrency} | ${r.client === "pgbench" ? `${r.poolSize} conns` : r.poolSize} | ${r.client} | ${Math.round(r.opsPerSec)} | ${fmt(r.p50Ms, 2)} | ${fmt(r.p99Ms, 2)} | ${fmt(r.peakRssMb)} | ${
-          r.client === "pgbench" ? "—" : `${(r.opsPerSec / best).toFixed(2)}×`
-        } | ${bench === undefined || r.client === "pgbench" ? "—" : `${(r.opsPerSec / bench.opsPerSec).toFixed(2)}×`} |`
+        `| ${r.workload} | ${r.concurrency} | ${r.client === "pgbench" ? `${r.poolSize} conns` : r.poolSize} | ${r.client} | ${Math.round(r.opsPerSec)}${slicesNote} | ${
+          Math.round(r.minOpsPerSec)
+        }–${Math.round(r.maxOpsPerSec)} | ${fmt(r.cpuUsPerOp)} | ${fmt(r.p50Ms, 2)} | ${fmt(r.p99Ms, 2)} | ${fmt(r.peakRssMb)} | ${
+          r.vsBestPeer === null ? "—" : `${r.vsBestPeer.median.toFixed(2)}× (${r.vsBestPeer.min.toFixed(2)}–${r.vsBestPeer.max.toFixed(2)})`
+        } | ${r.vsPgbench === null ? "—" : `${r.vsPgbench.toFixed(2)}×`} | ${fmt(r.stealPct)} |`
       )
     }
   }
   const table = lines.join("\n")
   console.log(`\n${table}\n`)
   Fs.mkdirSync(resultsDir, { recursive: true })
-  const meta = { mode, durationMs, rounds, node: process.version, cpus: Os.cpus().length, cpu: Os.cpus()[0]?.model, date: new Date().toISOString() }
-  Fs.writeFileSync(Path.join(resultsDir, `bench-${mode}.json`), JSON.stringify({ meta, results }, null, 2) + "\n")
+  const meta = { mode, durationMs, warmupMs, rounds, longMs, node: process.version, cpus: Os.cpus().length, cpu: Os.cpus()[0]?.model, date: new Date().toISOString() }
+  Fs.writeFileSync(Path.join(resultsDir, `bench-${mode}.json`), JSON.stringify({ meta, results, rounds: all }, null, 2) + "\n")
   Fs.writeFileSync(Path.join(resultsDir, `bench-${mode}.svg`), chart(results))
   Fs.writeFileSync(Path.join(resultsDir, `bench-${mode}.md`), table + "\n")
   console.log(`wrote ${Path.relative(process.cwd(), Path.join(resultsDir, `bench-${mode}.json`))} and .svg`)

@@ -15,7 +15,9 @@ import pgListen from "pg-listen"
 import postgres from "postgres"
 import { percentile, randomId, runEffectLoad, runPromiseLoad, type Sample } from "./load.ts"
 
-const [client, workload, concurrencyArg, poolArg, durationArg, warmupArg] = process.argv.slice(2)
+const [client, workload, concurrencyArg, poolArg, durationArg, warmupArg, slicesArg] = process.argv.slice(2)
+/** The measured run is split into this many consecutive slices, each reported, so that slow-down over time shows. */
+const slices = Math.max(1, Number(slicesArg ?? "1"))
 const concurrency = Number(concurrencyArg)
 const poolSize = Number(poolArg)
 const durationMs = Number(durationArg)
@@ -42,6 +44,8 @@ const queryWorkload = async (): Promise<{ run: Run; close: () => Promise<void> }
       const layer = DbPool.layer({ url: Redacted.make(url), minSize: poolSize, maxSize: poolSize })
       const op = Effect.gen(function*() {
         const pool = yield* WritePool
+        // Steady state: the minSize connections are open before anything is measured (bounded: 10 s).
+        for (let i = 0; i < 1000 && (yield* pool.stats).idle < poolSize; i++) yield* Effect.sleep("10 millis")
         return workload === "point-select"
           ? () => pool.run(dbsql`SELECT * FROM test_values WHERE id = ${randomId(rows)}`)
           : workload === "write-transaction"
@@ -275,18 +279,32 @@ const notifyWorkload = async (): Promise<{ run: Run; close: () => Promise<void> 
 const main = async () => {
   const target = workload === "notify" ? await notifyWorkload() : await queryWorkload()
   if (warmupMs > 0) await target.run(warmupMs)
-  const sample = await target.run(durationMs)
+  // Client CPU per operation: this process's user + system time over the measured run, divided by its operations.
+  const cpuBefore = process.cpuUsage()
+  const samples: Array<Sample> = []
+  for (let i = 0; i < slices; i++) samples.push(await target.run(durationMs / slices))
+  const cpu = process.cpuUsage(cpuBefore)
   await target.close()
   clearInterval(rssTimer)
-  const sorted = Float64Array.from(sample.latenciesMs).sort()
+  const ops = samples.reduce((n, x) => n + x.ops, 0)
+  const seconds = samples.reduce((n, x) => n + x.seconds, 0)
+  const all = new Float64Array(samples.reduce((n, x) => n + x.latenciesMs.length, 0))
+  let at = 0
+  for (const x of samples) {
+    all.set(x.latenciesMs, at)
+    at += x.latenciesMs.length
+  }
+  const sorted = all.sort()
   process.stdout.write(
     JSON.stringify({
-      ops: sample.ops,
-      seconds: sample.seconds,
-      opsPerSec: sample.ops / sample.seconds,
+      ops,
+      seconds,
+      opsPerSec: ops / seconds,
       p50Ms: percentile(sorted, 50),
       p99Ms: percentile(sorted, 99),
-      peakRssMb: peakRss / (1024 * 1024)
+      peakRssMb: peakRss / (1024 * 1024),
+      cpuUsPerOp: ops === 0 ? null : (cpu.user + cpu.system) / ops,
+      sliceOpsPerSec: samples.map((x) => x.ops / x.seconds)
     }) + "\n"
   )
   process.exit(0)
