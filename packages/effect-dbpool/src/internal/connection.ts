@@ -315,34 +315,73 @@ export const execute = (
   params: DriverParams,
   pipelined?: () => boolean
 ): Effect.Effect<postgres.RowList<Array<postgres.Row>>, DbError.DbError> =>
-  Effect.callback<postgres.RowList<Array<postgres.Row>>, DbError.DbError>((resume) => {
-    if (conn.wire === "dead") return resume(Effect.fail(lost(conn, text)))
-    // simple: false keeps the extended protocol even without parameters, so text holds one statement only
-    // (a smuggled "; BEGIN" is a syntax error); the option exists at run time but not in the driver's typings.
-    const query = conn.sql.unsafe(text, params, { prepare: true, simple: false } as postgres.UnsafeQueryOptions)
-    const tracked: DriverQuery = query as DriverQuery // the driver's query carries `state` at run time, untyped
-    conn.inflight.add(tracked)
-    // One reaction: the outcome is both what the caller gets and what a cancel waits for.
-    const outcome: Promise<Outcome> = query.then(
-      (rows) => {
-        conn.inflight.delete(tracked)
-        const o: Outcome = { ok: true, rows }
-        resume(Effect.succeed(rows))
-        return o
-      },
-      (error: unknown) => {
-        conn.inflight.delete(tracked)
-        // Dropped because the socket closed (see socketClosed): the connection was lost, whatever the driver says.
-        const dropped = conn.wire === "dead" && !isConnectionFailure(error)
-        noteFailure(conn, error)
-        resume(Effect.fail(dropped ? lost(conn, text) : fromDriver(error, text)))
-        return { ok: false, error }
-      }
-    )
-    return Effect.suspend(() =>
-      pipelined !== undefined && pipelined() ? Effect.void : cancelAndSettle(conn, tracked, outcome)
-    )
+  Effect.callback<postgres.RowList<Array<postgres.Row>>, DbError.DbError>((resume) =>
+    send(conn, text, params, resume, identity, pipelined, undefined)
+  )
+
+const identity = <A>(a: A): A => a
+
+/**
+ * Sends one statement from inside an `Effect.callback` registration and
+ * returns the registration's interruption handler. `release`, if given, is
+ * called exactly once, before the caller is resumed: when the statement
+ * settles, or when it is interrupted — at once if it is left to finish
+ * (pipelined), after the cancel has settled otherwise.
+ */
+export const send = <A>(
+  conn: Conn,
+  text: string,
+  params: DriverParams,
+  resume: (effect: Effect.Effect<A, DbError.DbError>) => void,
+  onRows: (rows: postgres.RowList<Array<postgres.Row>>) => A,
+  pipelined: (() => boolean) | undefined,
+  release: (() => void) | undefined
+): Effect.Effect<void> | undefined => {
+  if (conn.wire === "dead") {
+    release?.()
+    resume(Effect.fail(lost(conn, text)))
+    return undefined
+  }
+  let released = release === undefined
+  /** Interrupted and being cancelled: the release waits until the cancel has settled the wire. */
+  let cancelling = false
+  const releaseOnce = () => {
+    if (released) return
+    released = true
+    release!()
+  }
+  // simple: false keeps the extended protocol even without parameters, so text holds one statement only
+  // (a smuggled "; BEGIN" is a syntax error); the option exists at run time but not in the driver's typings.
+  const query = conn.sql.unsafe(text, params, { prepare: true, simple: false } as postgres.UnsafeQueryOptions)
+  const tracked: DriverQuery = query as DriverQuery // the driver's query carries `state` at run time, untyped
+  conn.inflight.add(tracked)
+  // One reaction: the outcome is both what the caller gets and what a cancel waits for.
+  const outcome: Promise<Outcome> = query.then(
+    (rows) => {
+      conn.inflight.delete(tracked)
+      if (!cancelling) releaseOnce()
+      resume(Effect.succeed(onRows(rows)))
+      return { ok: true, rows }
+    },
+    (error: unknown) => {
+      conn.inflight.delete(tracked)
+      // Dropped because the socket closed (see socketClosed): the connection was lost, whatever the driver says.
+      const dropped = conn.wire === "dead" && !isConnectionFailure(error)
+      noteFailure(conn, error)
+      if (!cancelling) releaseOnce()
+      resume(Effect.fail(dropped ? lost(conn, text) : fromDriver(error, text)))
+      return { ok: false, error }
+    }
+  )
+  return Effect.suspend(() => {
+    if (pipelined !== undefined && pipelined()) {
+      releaseOnce()
+      return Effect.void
+    }
+    cancelling = true
+    return Effect.ensuring(cancelAndSettle(conn, tracked, outcome), Effect.sync(releaseOnce))
   })
+}
 
 /**
  * Plain arrays of plain objects: the driver's RowList carries extra fields
@@ -351,7 +390,7 @@ export const execute = (
  * statement timeout, a division by zero in row 3), so the next result on that
  * connection starts at the stale index, with empty slots before its rows.
  */
-const plainRows = (result: ReadonlyArray<postgres.Row>): Array<postgres.Row> => {
+export const plainRows = (result: ReadonlyArray<postgres.Row>): Array<postgres.Row> => {
   const rows: Array<postgres.Row> = []
   for (let i = 0; i < result.length; i++) {
     if (i in result) rows.push(result[i]!)

@@ -103,14 +103,49 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
         }))
       })
 
+    const runLeased = (prepared: Conn.Prepared, schema: Schema.Top | undefined) => {
+      // A statement that changes the session must not change it under pipelined neighbours.
+      const mode: Slots.Mode = prepared.changesSession ? "exclusive" : "shared"
+      return withLease(() => preview(prepared.text), mode, (lease) =>
+        Conn.runPrepared(lease.conn, prepared, schema, mode === "shared" ? () => !slots.alone(lease) : undefined))
+    }
+
+    /**
+     * The fast path of a plain statement (no schema, no session change, debug
+     * logging off): one registration takes a connection synchronously, sends
+     * the statement and gives the connection back when it settles — no fibers,
+     * scopes or finalizers of its own. The interruption rules are `execute`'s.
+     * With no connection free now it falls back to the path that waits.
+     */
+    const runFast = (prepared: Conn.Prepared): Effect.Effect<ReadonlyArray<unknown>, DbError.DbError> =>
+      Effect.callback<ReadonlyArray<unknown>, DbError.DbError>((resume) => {
+        const lease = slots.tryAcquire("shared")
+        if (lease === undefined) {
+          return resume(withLease(() => preview(prepared.text), "shared", (lease) =>
+            Effect.map(Conn.execute(lease.conn, prepared.text, prepared.params, () => !slots.alone(lease)), Conn.plainRows)))
+        }
+        return Conn.send(
+          lease.conn,
+          prepared.text,
+          prepared.params,
+          resume,
+          Conn.plainRows,
+          () => !slots.alone(lease),
+          () => slots.release(lease, "shared")
+        )
+      })
+
     const run = (statement: Statement, schema?: Schema.Top) => {
       // Checked before a connection is acquired: a refused statement never holds one.
       const prepared = Conn.prepare(statement)
       if (prepared instanceof DbError.InvalidInput) return Effect.fail(prepared)
-      // A statement that changes the session must not change it under pipelined neighbours.
-      const mode: Slots.Mode = prepared.changesSession ? "exclusive" : "shared"
-      return withLease(() => preview(statement.text), mode, (lease) =>
-        Conn.runPrepared(lease.conn, prepared, schema, mode === "shared" ? () => !slots.alone(lease) : undefined))
+      if (schema !== undefined || prepared.changesSession) return runLeased(prepared, schema)
+      return Effect.withFiber((fiber) =>
+        // The debug line of the leased path is wanted: take that path.
+        LogLevel.isGreaterThanOrEqualTo("Debug", fiber.getRef(References.MinimumLogLevel))
+          ? runLeased(prepared, undefined)
+          : runFast(prepared)
+      )
     }
 
     const partialTransaction = (options?: TransactionOptions) =>

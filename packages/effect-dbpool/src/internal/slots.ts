@@ -91,6 +91,8 @@ export interface Counts {
 
 export interface Slots {
   readonly acquire: (mode: Mode) => Effect.Effect<Lease, DbError.DbError>
+  /** The fast path alone, synchronously: a connection now, or undefined (closed, someone waits, none free). */
+  readonly tryAcquire: (mode: Mode) => Lease | undefined
   /** Returns a connection; the pool has rolled back or reset it as needed. */
   readonly release: (lease: Lease, mode: Mode) => void
   /** Is this shared lease the only statement on its connection (so a cancel request can only hit it)? */
@@ -331,16 +333,19 @@ export const make = (
         ? Effect.timeoutOrElse(wait(mode), { duration: settings.acquireTimeout, orElse: () => Effect.fail(timedOut()) })
         : wait(mode)
 
+    /** The fast path: nobody waits, and a connection is idle (or, for a statement at the maximum, joinable). */
+    const tryAcquire = (mode: Mode): Slot | undefined => {
+      if (closed || waiters.length > 0) return undefined
+      const now = clock.currentTimeMillisUnsafe()
+      const slot = takeIdle(now) ?? (mode === "shared" ? joinable(now) : undefined)
+      return slot === undefined ? undefined : toHeld(slot, mode)
+    }
+
     const acquire = (mode: Mode): Effect.Effect<Lease, DbError.DbError> =>
       Effect.suspend(() => {
         if (closed) return Effect.fail(poolClosed())
-        // The fast path: nobody waits, and a connection is idle (or, for a statement at the maximum, joinable).
-        if (waiters.length === 0) {
-          const now = clock.currentTimeMillisUnsafe()
-          const slot = takeIdle(now) ?? (mode === "shared" ? joinable(now) : undefined)
-          if (slot !== undefined) return Effect.succeed(toHeld(slot, mode))
-        }
-        return timedWait(mode)
+        const slot = tryAcquire(mode)
+        return slot !== undefined ? Effect.succeed(slot) : timedWait(mode)
       })
 
     const release = (lease: Lease, mode: Mode): void => {
@@ -391,5 +396,5 @@ export const make = (
       })
     )
     topUp()
-    return { acquire, release, alone, counts }
+    return { acquire, tryAcquire, release, alone, counts }
   })
