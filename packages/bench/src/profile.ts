@@ -91,7 +91,7 @@ const main = Effect.gen(function*() {
     console.log("\nself time by group:")
     for (const [group, us] of [...groups].sort((a, b) => b[1] - a[1])) console.log(`  ${pct(us)}  ${group}`)
     console.log("\ntop frames by self time:")
-    for (const [k, f] of [...frames].sort((a, b) => b[1].us - a[1].us).slice(0, 25)) {
+    for (const [k, f] of [...frames].sort((a, b) => b[1].us - a[1].us).slice(0, Number(process.env.TOP ?? 25))) {
       console.log(`  ${pct(f.us)}  ${f.group.padEnd(7)}  ${k}`)
     }
   } finally {

@@ -124,6 +124,7 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
           return resume(withLease(() => preview(prepared.text), "shared", (lease) =>
             Effect.map(Conn.execute(lease.conn, prepared.text, prepared.params, () => !slots.alone(lease)), Conn.plainRows)))
         }
+        const start = clock.currentTimeMillisUnsafe()
         return Conn.send(
           lease.conn,
           prepared.text,
@@ -131,7 +132,7 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
           resume,
           Conn.plainRows,
           () => !slots.alone(lease),
-          () => slots.release(lease, "shared")
+          () => slots.release(lease, "shared", clock.currentTimeMillisUnsafe() - start)
         )
       })
 

@@ -31,6 +31,19 @@ export type Mode = "exclusive" | "shared"
 export const maxPipeline = 64
 
 /**
+ * Fill-first: a statement joins the busiest shared connection that has fewer
+ * than `fillDepth` statements in flight, rather than waking an idle one, while
+ * that connection is seen to be fast: its statements complete back to back
+ * under `shortMillis` apart on average, and one completed within the last
+ * `stallMillis`. Waking fewer backends is what makes many callers on few
+ * connections fast; as soon as statements get slow or stop completing, new
+ * ones spread out again, so at most `fillDepth` statements wait behind a slow one.
+ */
+export const fillDepth = 16
+export const shortMillis = 2
+export const stallMillis = 5
+
+/**
  * Where an open connection is:
  * - `idle`: in the idle list, since `idleSince`;
  * - `exclusive`: held by one interaction, transaction or partial transaction;
@@ -50,6 +63,13 @@ class Slot implements Lease {
   state: SlotState = "idle"
   statements = 0
   idleSince = 0
+  /**
+   * Time between back-to-back completions of pipelined statements (ms, moving average): what one statement
+   * costs the backend, whatever waited ahead of it. Infinity until measured.
+   */
+  serviceMillis = Number.POSITIVE_INFINITY
+  /** When a pipelined statement last completed on it (ms; 0: never). */
+  lastCompletion = 0
   readonly conn: Conn.Conn
   readonly scope: Scope.Closeable
   constructor(conn: Conn.Conn, scope: Scope.Closeable) {
@@ -94,7 +114,7 @@ export interface Slots {
   /** The fast path alone, synchronously: a connection now, or undefined (closed, someone waits, none free). */
   readonly tryAcquire: (mode: Mode) => Lease | undefined
   /** Returns a connection; the pool has rolled back or reset it as needed. */
-  readonly release: (lease: Lease, mode: Mode) => void
+  readonly release: (lease: Lease, mode: Mode, elapsedMillis?: number) => void
   /** Is this shared lease the only statement on its connection (so a cancel request can only hit it)? */
   readonly alone: (lease: Lease) => boolean
   readonly counts: () => Counts
@@ -176,6 +196,17 @@ export const make = (
      * pool has its maximum open (a connection being opened is waited for, so
      * that load spreads over every connection).
      */
+    const fillTarget = (now: number): Slot | undefined => {
+      let best: Slot | undefined
+      for (const slot of shared) {
+        if (
+          slot.statements < fillDepth && slot.serviceMillis < shortMillis && now - slot.lastCompletion < stallMillis &&
+          Conn.reusable(slot.conn, now) && (best === undefined || slot.statements > best.statements)
+        ) best = slot
+      }
+      return best
+    }
+
     const joinable = (now: number): Slot | undefined => {
       if (slots.size < settings.maxSize) return undefined
       let best: Slot | undefined
@@ -337,7 +368,7 @@ export const make = (
     const tryAcquire = (mode: Mode): Slot | undefined => {
       if (closed || waiters.length > 0) return undefined
       const now = clock.currentTimeMillisUnsafe()
-      const slot = takeIdle(now) ?? (mode === "shared" ? joinable(now) : undefined)
+      const slot = mode === "shared" ? fillTarget(now) ?? takeIdle(now) ?? joinable(now) : takeIdle(now)
       return slot === undefined ? undefined : toHeld(slot, mode)
     }
 
@@ -348,9 +379,18 @@ export const make = (
         return slot !== undefined ? Effect.succeed(slot) : timedWait(mode)
       })
 
-    const release = (lease: Lease, mode: Mode): void => {
+    const release = (lease: Lease, mode: Mode, elapsedMillis?: number): void => {
       // Only slots are handed out as leases.
       const slot = lease as Slot
+      if (elapsedMillis !== undefined) {
+        const now = clock.currentTimeMillisUnsafe()
+        // Back to back: other statements were in flight behind this one since the last completion.
+        if (slot.lastCompletion > 0 && slot.statements > 1) {
+          const interval = now - slot.lastCompletion
+          slot.serviceMillis = Number.isFinite(slot.serviceMillis) ? slot.serviceMillis * 0.75 + interval * 0.25 : interval
+        }
+        slot.lastCompletion = now
+      }
       if (slot.state === "closing") return settle() // closed under its holder (the pool is closing)
       if (mode === "shared") {
         slot.statements--

@@ -1,0 +1,74 @@
+/**
+ * Where single statements go: fill-first onto a busy connection while its
+ * statements are fast (fewer backends woken), spread out when they are slow
+ * (no long pile behind a slow statement). Observed through
+ * `pg_backend_pid()` of each statement.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Effect } from "effect"
+import { sql, WritePool } from "effect-dbpool"
+import { harness } from "./support.ts"
+
+const h = harness("placement")
+
+/** Point selects from `callers` fibers for `millis`; the backend of each statement completed in the last `tailMillis`. */
+const load = (callers: number, millis: number, tailMillis: number) =>
+  Effect.gen(function*() {
+    const pool = yield* WritePool
+    const tail: Array<number> = []
+    const deadline = Date.now() + millis
+    yield* Effect.forEach(
+      Array.from({ length: callers }),
+      () =>
+        Effect.whileLoop({
+          while: () => Date.now() < deadline,
+          body: () => pool.run(sql`SELECT pg_backend_pid() AS pid FROM test_values WHERE id = ${1 + Math.floor(Math.random() * 1000)}`),
+          step: (rows) => {
+            if (Date.now() > deadline - tailMillis) tail.push(Number(rows[0]?.["pid"]))
+          }
+        }),
+      { concurrency: "unbounded", discard: true }
+    )
+    return tail
+  })
+
+describe("placement of single statements", () => {
+  it.live("fast statements fill a busy connection instead of waking all sixteen", () =>
+    Effect.gen(function*() {
+      const tail = yield* load(64, 1500, 500)
+      const perBackend = new Map<number, number>()
+      for (const pid of tail) perBackend.set(pid, (perBackend.get(pid) ?? 0) + 1)
+      const busiest = [...perBackend.values()].sort((a, b) => b - a).slice(0, 4).reduce((a, b) => a + b, 0)
+      // Spread evenly, 64 callers keep all 16 backends equally busy: the busiest 4 would serve a quarter.
+      // Filled up to 16 deep, the busiest 4 serve most of it.
+      assert.isAtLeast(busiest / tail.length, 0.6, `share of the busiest 4 of ${perBackend.size} backends: ${(busiest / tail.length).toFixed(2)}`)
+    }).pipe(Effect.provide(h.pools({ minSize: 16, maxSize: 16 }))))
+
+  it.live("slow statements arriving at a warm pool pile at most 16 deep behind one another, then spread", () =>
+    Effect.gen(function*() {
+      const pool = yield* WritePool
+      // Warm: every connection has a history of fast statements.
+      yield* load(64, 500, 0)
+      const rows = yield* Effect.forEach(
+        Array.from({ length: 40 }),
+        () => pool.run(sql`SELECT pg_backend_pid() AS pid, pg_sleep(0.05)`),
+        { concurrency: "unbounded" }
+      )
+      const perBackend = new Map<number, number>()
+      for (const row of rows) perBackend.set(Number(row[0]?.["pid"]), (perBackend.get(Number(row[0]?.["pid"])) ?? 0) + 1)
+      const deepest = Math.max(...perBackend.values())
+      assert.isAtMost(deepest, 16, `the deepest pile: ${deepest} statements on one backend`)
+      assert.isAtLeast(perBackend.size, 3, `backends used: ${perBackend.size}`)
+    }).pipe(Effect.provide(h.pools({ minSize: 8, maxSize: 8 }))))
+
+  it.live("slow statements on a cold pool spread over every connection", () =>
+    Effect.gen(function*() {
+      const pool = yield* WritePool
+      const rows = yield* Effect.forEach(
+        Array.from({ length: 8 }),
+        () => pool.run(sql`SELECT pg_backend_pid() AS pid, pg_sleep(0.1)`),
+        { concurrency: "unbounded" }
+      )
+      assert.strictEqual(new Set(rows.map((r) => Number(r[0]?.["pid"]))).size, 4)
+    }).pipe(Effect.provide(h.pools({ minSize: 4, maxSize: 4 }))))
+})
