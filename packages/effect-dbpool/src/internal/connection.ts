@@ -49,13 +49,6 @@ interface DriverQuery {
   readonly state?: unknown
 }
 
-/** A pipelined BEGIN: answered or not, and its error if it failed. */
-interface PendingBegin {
-  done: boolean
-  error: unknown
-  answered: Promise<void>
-}
-
 /** One connection's wire and session state, changed only by this module. */
 export class Conn {
   wire: Wire = "ready"
@@ -69,8 +62,6 @@ export class Conn {
   savepoints = 0
   /** Statements given to the driver and not yet settled. */
   readonly inflight = new Set<DriverQuery>()
-  /** A BEGIN sent and not yet followed by a statement, which will go out right behind it and report its failure. */
-  begin: PendingBegin | undefined = undefined
   pid = 0
   readonly sql: postgres.Sql
   readonly server: string
@@ -288,12 +279,9 @@ const cancelledByRequest = (error: unknown): boolean => {
  * that the connection is never handed back while it may still run or while a
  * cancel request may still land on the next holder's statement.
  */
-const cancelAndSettle = (conn: Conn, query: DriverQuery, outcome: Promise<Outcome>, begin: PendingBegin | undefined) =>
+const cancelAndSettle = (conn: Conn, query: DriverQuery, outcome: Promise<Outcome>) =>
   Effect.gen(function*() {
     conn.wire = "cancelling"
-    // A cancel request cancels whatever runs when it lands: it must not land on the BEGIN ahead of this statement,
-    // which would then run outside the transaction.
-    if (begin !== undefined && !begin.done) yield* Effect.promise(() => begin.answered)
     // postgres.js hands a query to its connection one microtask after it is created; cancelled before that, the
     // query is dropped locally but the connection parks in the driver's `full` queue for good. Let it be handed over.
     yield* Effect.promise(() => Promise.resolve().then(() => undefined).then(() => undefined))
@@ -354,10 +342,6 @@ export const send = <A>(
     resume(Effect.fail(lost(conn, text)))
     return undefined
   }
-  // The BEGIN sent just before, if any: this statement goes out right behind it and answers for it.
-  const begin = conn.begin
-  conn.begin = undefined
-  const beginFailed = () => begin !== undefined && begin.error !== undefined
   let released = release === undefined
   /** Interrupted and being cancelled: the release waits until the cancel has settled the wire. */
   let cancelling = false
@@ -376,7 +360,7 @@ export const send = <A>(
     (rows) => {
       conn.inflight.delete(tracked)
       if (!cancelling) releaseOnce()
-      resume(beginFailed() ? Effect.fail(fromDriver(begin!.error, "BEGIN")) : Effect.succeed(onRows(rows)))
+      resume(Effect.succeed(onRows(rows)))
       return { ok: true, rows }
     },
     (error: unknown) => {
@@ -385,7 +369,7 @@ export const send = <A>(
       const dropped = conn.wire === "dead" && !isConnectionFailure(error)
       noteFailure(conn, error)
       if (!cancelling) releaseOnce()
-      resume(Effect.fail(beginFailed() ? fromDriver(begin!.error, "BEGIN") : dropped ? lost(conn, text) : fromDriver(error, text)))
+      resume(Effect.fail(dropped ? lost(conn, text) : fromDriver(error, text)))
       return { ok: false, error }
     }
   )
@@ -395,7 +379,7 @@ export const send = <A>(
       return Effect.void
     }
     cancelling = true
-    return Effect.ensuring(cancelAndSettle(conn, tracked, outcome, begin), Effect.sync(releaseOnce))
+    return Effect.ensuring(cancelAndSettle(conn, tracked, outcome), Effect.sync(releaseOnce))
   })
 }
 
@@ -454,32 +438,12 @@ const beginText = (options: TransactionOptions | undefined): string => {
 
 /** Opens the outermost transaction on a connection. Uninterruptible: its outcome is always known. */
 export const begin = (conn: Conn, options?: TransactionOptions): Effect.Effect<void, DbError.DbError> =>
-  Effect.suspend(() => {
-    if (conn.wire === "dead") return Effect.fail(lost(conn, "BEGIN"))
+  Effect.uninterruptible(Effect.suspend(() => {
     // Counted as open before BEGIN is sent: if its outcome is lost, check-in rolls back (harmless outside a transaction).
     conn.txDepth = 1
     conn.failed = false
-    // Not awaited: the transaction's first statement (or its COMMIT or ROLLBACK) goes out right behind it, in the
-    // same write, saving a round trip, and reports its failure. Postgres runs them in order.
-    const query = conn.sql.unsafe(beginText(options), noParams, { prepare: true, simple: false } as postgres.UnsafeQueryOptions)
-    const tracked: DriverQuery = query as DriverQuery // the driver's query carries `state` at run time, untyped
-    conn.inflight.add(tracked)
-    const pending: PendingBegin = { done: false, error: undefined, answered: Promise.resolve() }
-    pending.answered = query.then(
-      () => {
-        conn.inflight.delete(tracked)
-        pending.done = true
-      },
-      (error: unknown) => {
-        conn.inflight.delete(tracked)
-        noteFailure(conn, error)
-        pending.done = true
-        pending.error = error
-      }
-    )
-    conn.begin = pending
-    return Effect.void
-  })
+    return Effect.asVoid(control(conn, beginText(options)))
+  }))
 
 const aborted = (what: string) =>
   new DbError.TransactionAborted({
