@@ -55,7 +55,7 @@ import { Notifications, sql, WritePool } from "effect-dbpool"
 import fc from "fast-check"
 import { afterAll, beforeAll } from "vitest"
 import { type Body, describeOp, describeProgram, parseFeatures, type Program, programArb, type Wrap } from "./explore/program.ts"
-import { harness } from "./support.ts"
+import { harness, poll } from "./support.ts"
 
 const h = harness("explore")
 
@@ -521,17 +521,9 @@ const tableLocksOf = (appName: string) =>
     [appName]
   )
 
-/** Repeats `check` until `ok` or `millis` passed; returns the last result. */
+/** The checks after a program poll often: a leftover is usually gone within milliseconds. */
 const pollUntil = <A>(check: Effect.Effect<A>, ok: (a: A) => boolean, millis: number): Effect.Effect<A> =>
-  Effect.gen(function*() {
-    const deadline = Date.now() + millis
-    let a = yield* check
-    while (!ok(a) && Date.now() < deadline) {
-      yield* Effect.sleep("10 millis")
-      a = yield* check
-    }
-    return a
-  })
+  poll(check, ok, millis, 10)
 
 /** Terminates whatever an earlier (failed) program left on the server, so that every program starts from zero. */
 const clearLeftovers = Effect.gen(function*() {

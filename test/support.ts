@@ -74,13 +74,13 @@ export const failOnEscapes = (): void => {
   })
 }
 
-/** Repeats `check` until `ok` holds or `millis` have passed; returns the last result. */
-export const poll = <A>(check: Effect.Effect<A>, ok: (a: A) => boolean, millis = 3000): Effect.Effect<A> =>
+/** Repeats `check` every `everyMillis` until `ok` holds or `millis` have passed; returns the last result. */
+export const poll = <A>(check: Effect.Effect<A>, ok: (a: A) => boolean, millis = 3000, everyMillis = 20): Effect.Effect<A> =>
   Effect.gen(function*() {
     const deadline = Date.now() + millis
     let a = yield* check
     while (!ok(a) && Date.now() < deadline) {
-      yield* Effect.sleep("20 millis")
+      yield* Effect.sleep(everyMillis)
       a = yield* check
     }
     return a

@@ -124,7 +124,6 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
           return resume(withLease(() => preview(prepared.text), "shared", (lease) =>
             Effect.map(Conn.execute(lease.conn, prepared.text, prepared.params, () => !slots.alone(lease)), Conn.plainRows)))
         }
-        const start = clock.currentTimeMillisUnsafe()
         return Conn.send(
           lease.conn,
           prepared.text,
@@ -132,7 +131,7 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
           resume,
           Conn.plainRows,
           () => !slots.alone(lease),
-          () => slots.release(lease, "shared", clock.currentTimeMillisUnsafe() - start)
+          () => slots.release(lease, "shared", true)
         )
       })
 

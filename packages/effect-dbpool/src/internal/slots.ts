@@ -114,7 +114,8 @@ export interface Slots {
   /** The fast path alone, synchronously: a connection now, or undefined (closed, someone waits, none free). */
   readonly tryAcquire: (mode: Mode) => Lease | undefined
   /** Returns a connection; the pool has rolled back or reset it as needed. */
-  readonly release: (lease: Lease, mode: Mode, elapsedMillis?: number) => void
+  /** `completed`: a pipelined statement finished (rather than being given up), which times the connection. */
+  readonly release: (lease: Lease, mode: Mode, completed?: boolean) => void
   /** Is this shared lease the only statement on its connection (so a cancel request can only hit it)? */
   readonly alone: (lease: Lease) => boolean
   readonly counts: () => Counts
@@ -379,11 +380,12 @@ export const make = (
         return slot !== undefined ? Effect.succeed(slot) : timedWait(mode)
       })
 
-    const release = (lease: Lease, mode: Mode, elapsedMillis?: number): void => {
+    const release = (lease: Lease, mode: Mode, completed = false): void => {
       // Only slots are handed out as leases.
       const slot = lease as Slot
-      if (elapsedMillis !== undefined) {
-        const now = clock.currentTimeMillisUnsafe()
+      // One clock read per release: it times the completion and dates the idle connection.
+      const now = clock.currentTimeMillisUnsafe()
+      if (completed) {
         // Back to back: other statements were in flight behind this one since the last completion.
         if (slot.lastCompletion > 0 && slot.statements > 1) {
           const interval = now - slot.lastCompletion
@@ -397,7 +399,6 @@ export const make = (
         if (slot.statements > 0) return settle() // room for a waiting statement
         shared.delete(slot)
       }
-      const now = clock.currentTimeMillisUnsafe()
       if (closed || !Conn.reusable(slot.conn, now)) toClosing(slot)
       else toIdle(slot, now)
       settle()
