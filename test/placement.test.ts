@@ -5,9 +5,9 @@
  * `pg_backend_pid()` of each statement.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Fiber } from "effect"
 import { sql, WritePool } from "effect-dbpool"
-import { harness } from "./support.ts"
+import { harness, poll } from "./support.ts"
 
 const h = harness("placement")
 
@@ -71,4 +71,45 @@ describe("placement of single statements", () => {
       )
       assert.strictEqual(new Set(rows.map((r) => Number(r[0]?.["pid"]))).size, 4)
     }).pipe(Effect.provide(h.pools({ minSize: 4, maxSize: 4 }))))
+
+  /** Starts `n` sleeping statements, waits until `pending` of them queue for a connection, and lets them finish. */
+  const queued = (n: number, pending: number) =>
+    Effect.gen(function*() {
+      const pool = yield* WritePool
+      const fiber = yield* Effect.forkChild(
+        Effect.forEach(Array.from({ length: n }), () => pool.run(sql`SELECT pg_sleep(0.3)`), { concurrency: "unbounded" })
+      )
+      const stats = yield* poll(pool.stats, (s) => s.pending === pending && s.used === s.max, 2_000, 10)
+      yield* Fiber.join(fiber)
+      return stats
+    })
+
+  it.live("pipelining: false gives every statement a connection of its own", () =>
+    Effect.gen(function*() {
+      const stats = yield* queued(12, 8)
+      assert.strictEqual(stats.pending, 8)
+    }).pipe(Effect.provide(h.pools({ minSize: 4, maxSize: 4, pipelining: false }))))
+
+  it.live("maxDepth bounds the statements in flight on one connection", () =>
+    Effect.gen(function*() {
+      // 4 connections × 2 deep hold 8 statements; the other 4 wait.
+      const stats = yield* queued(12, 4)
+      assert.strictEqual(stats.pending, 4)
+    }).pipe(Effect.provide(h.pools({ minSize: 4, maxSize: 4, pipelining: { maxDepth: 2 } }))))
+
+  it.live("by default a saturated pool queues no single statement: they are pipelined", () =>
+    Effect.gen(function*() {
+      const stats = yield* queued(12, 0)
+      assert.strictEqual(stats.pending, 0)
+    }).pipe(Effect.provide(h.pools({ minSize: 4, maxSize: 4 }))))
+
+  it.live("fillDepth: 0 spreads fast statements over every connection", () =>
+    Effect.gen(function*() {
+      const tail = yield* load(64, 1500, 500)
+      const perBackend = new Map<number, number>()
+      for (const pid of tail) perBackend.set(pid, (perBackend.get(pid) ?? 0) + 1)
+      const busiest = [...perBackend.values()].sort((a, b) => b - a).slice(0, 4).reduce((a, b) => a + b, 0)
+      assert.strictEqual(perBackend.size, 16)
+      assert.isAtMost(busiest / tail.length, 0.45, `share of the busiest 4 of ${perBackend.size} backends: ${(busiest / tail.length).toFixed(2)}`)
+    }).pipe(Effect.provide(h.pools({ minSize: 16, maxSize: 16, pipelining: { fillDepth: 0 } }))))
 })

@@ -10,6 +10,7 @@ import { Config as C, Context, Duration, Effect, Layer, Option, Redacted, type S
 import * as Listener from "./internal/listener.ts"
 import * as NotificationsImpl from "./internal/notifications.ts"
 import * as Pool from "./internal/pool.ts"
+import * as Slots from "./internal/slots.ts"
 import { Notifications, type NotificationsService } from "./Notifications.ts"
 import { ReadPool } from "./ReadPool.ts"
 import type { InteractionPool } from "./InteractionPool.ts"
@@ -29,6 +30,7 @@ import { WritePool, type WritePoolService } from "./WritePool.ts"
  * | `idleTimeout` | 10 minutes | `DATABASE_IDLE_TIMEOUT` |
  * | `maxLifetime` | 30 minutes (minus up to 10% jitter) | `DATABASE_MAX_LIFETIME` |
  * | `applicationName` | `effect-dbpool` | `DATABASE_APPLICATION_NAME` |
+ * | `pipelining` | `{ maxDepth: 64, fillDepth: 16, fastWithin: "2 millis", stallAfter: "5 millis" }` | `DATABASE_PIPELINE_MAX_DEPTH` / `DATABASE_PIPELINE_FILL_DEPTH` |
  * | `listenReconnect` | forever, 50 ms doubling to 500 ms | — |
  * | `listenHealthCheckInterval` | 5 seconds | — |
  *
@@ -65,10 +67,53 @@ export interface Config {
   /** Connections older than this are retired when next returned or checked out. */
   readonly maxLifetime?: Duration.Input | undefined
   readonly applicationName?: string | undefined
+  /** How single statements share connections when every connection is busy; `false`: never (see {@link Pipelining}). */
+  readonly pipelining?: Pipelining | false | undefined
   /** When the listening connection dies: how to retry reconnecting. When it ends, notification streams fail with `ListenerGaveUp`. */
   readonly listenReconnect?: Schedule.Schedule<unknown, unknown> | undefined
   /** How often the listening connection is checked with a round trip, to notice a network that died silently. */
   readonly listenHealthCheckInterval?: Duration.Input | undefined
+}
+
+/**
+ * How single autocommit statements (`pool.run`) share connections. Once every
+ * connection is open and busy, a statement is pipelined on the least busy
+ * connection running other single statements, up to `maxDepth` in flight.
+ * Before that, it fills the busiest connection whose statements are fast
+ * (completing back to back within `fastWithin`, the last one within
+ * `stallAfter`) up to `fillDepth` deep rather than waking an idle connection:
+ * fewer backends woken is what makes many callers on few connections fast,
+ * and at most `fillDepth` statements wait behind one that turns out slow.
+ * `fillDepth: 0` spreads statements over idle connections first; `pipelining:
+ * false` gives every statement a connection of its own.
+ *
+ * @example
+ * ```ts
+ * import { Redacted } from "effect"
+ * import { DbPool } from "effect-dbpool"
+ *
+ * // Statements of very uneven cost: never pile more than 4 behind one another.
+ * const PoolsLive = DbPool.layer({ url: Redacted.make("postgres://localhost/app"), pipelining: { maxDepth: 4, fillDepth: 0 } })
+ * ```
+ *
+ * @since 0.1.0
+ */
+export interface Pipelining {
+  readonly maxDepth?: number | undefined
+  readonly fillDepth?: number | undefined
+  readonly fastWithin?: Duration.Input | undefined
+  readonly stallAfter?: Duration.Input | undefined
+}
+
+const pipelining = (p: Pipelining | false | undefined): Slots.Pipelining => {
+  const d = Slots.defaultPipelining
+  if (p === false) return { ...d, maxDepth: 1, fillDepth: 0 }
+  return {
+    maxDepth: p?.maxDepth ?? d.maxDepth,
+    fillDepth: p?.fillDepth ?? d.fillDepth,
+    fastMillis: p?.fastWithin === undefined ? d.fastMillis : Duration.toMillis(Duration.fromInputUnsafe(p.fastWithin)),
+    stallMillis: p?.stallAfter === undefined ? d.stallMillis : Duration.toMillis(Duration.fromInputUnsafe(p.stallAfter))
+  }
 }
 
 /** `host:port/database` — what logs and errors may say about a server. */
@@ -107,6 +152,7 @@ const settings = (config: Config, name: string, kind: "write" | "read"): Pool.Se
     // Timers fire at once above 2^31-1 ms (Infinity included): an unbounded connect timeout is the largest bounded one.
     connectTimeoutMillis: Math.min(Duration.toMillis(Duration.fromInputUnsafe(config.connectTimeout ?? "10 seconds")), 2 ** 31 - 1),
     idleTimeout: Duration.fromInputUnsafe(config.idleTimeout ?? "10 minutes"),
+    pipelining: pipelining(config.pipelining),
     maxLifetimeMillis: Duration.toMillis(Duration.fromInputUnsafe(config.maxLifetime ?? "30 minutes")),
     applicationName: config.applicationName ?? "effect-dbpool"
   }
@@ -154,7 +200,9 @@ const fromEnv = (prefix: string): C.Config<Config> => {
     connectTimeout: duration("DATABASE_CONNECT_TIMEOUT"),
     idleTimeout: duration("DATABASE_IDLE_TIMEOUT"),
     maxLifetime: duration("DATABASE_MAX_LIFETIME"),
-    applicationName: C.option(C.String(`${prefix}DATABASE_APPLICATION_NAME`))
+    applicationName: C.option(C.String(`${prefix}DATABASE_APPLICATION_NAME`)),
+    maxDepth: int("DATABASE_PIPELINE_MAX_DEPTH"),
+    fillDepth: int("DATABASE_PIPELINE_FILL_DEPTH")
   }).pipe(
     C.map((c) => ({
       url: c.url,
@@ -167,7 +215,8 @@ const fromEnv = (prefix: string): C.Config<Config> => {
       connectTimeout: Option.getOrUndefined(c.connectTimeout),
       idleTimeout: Option.getOrUndefined(c.idleTimeout),
       maxLifetime: Option.getOrUndefined(c.maxLifetime),
-      applicationName: Option.getOrUndefined(c.applicationName)
+      applicationName: Option.getOrUndefined(c.applicationName),
+      pipelining: { maxDepth: Option.getOrUndefined(c.maxDepth), fillDepth: Option.getOrUndefined(c.fillDepth) }
     }))
   )
 }

@@ -20,6 +20,7 @@ export interface Settings extends Conn.ConnectOptions {
   readonly serverMax: number
   readonly acquireTimeout: Duration.Duration
   readonly idleTimeout: Duration.Duration
+  readonly pipelining: Slots.Pipelining
 }
 
 /** The write pool's shape; the read pool exposes the `InteractionPool` part only. */

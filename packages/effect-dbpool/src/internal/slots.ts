@@ -27,21 +27,26 @@ import * as Conn from "./connection.ts"
 
 export type Mode = "exclusive" | "shared"
 
-/** Statements pipelined on one connection at most. */
-export const maxPipeline = 64
-
 /**
- * Fill-first: a statement joins the busiest shared connection that has fewer
- * than `fillDepth` statements in flight, rather than waking an idle one, while
- * that connection is seen to be fast: its statements complete back to back
- * under `shortMillis` apart on average, and one completed within the last
- * `stallMillis`. Waking fewer backends is what makes many callers on few
- * connections fast; as soon as statements get slow or stop completing, new
- * ones spread out again, so at most `fillDepth` statements wait behind a slow one.
+ * How single autocommit statements share connections when the pool is busy
+ * (resolved from the user's `pipelining` setting):
+ * - `maxDepth`: statements in flight on one connection at most, once every connection is open and busy
+ *   (1: never pipelined — a statement waits for a connection of its own);
+ * - fill-first: a statement joins the busiest shared connection that has fewer than `fillDepth` statements in
+ *   flight, rather than waking an idle one, while that connection is seen to be fast: its statements complete
+ *   back to back under `fastMillis` apart on average, and one completed within the last `stallMillis`. Waking
+ *   fewer backends is what makes many callers on few connections fast; as soon as statements get slow or stop
+ *   completing, new ones spread out again, so at most `fillDepth` statements wait behind a slow one
+ *   (`fillDepth` ≤ 1: off, statements always take an idle connection first).
  */
-export const fillDepth = 16
-export const shortMillis = 2
-export const stallMillis = 5
+export interface Pipelining {
+  readonly maxDepth: number
+  readonly fillDepth: number
+  readonly fastMillis: number
+  readonly stallMillis: number
+}
+
+export const defaultPipelining: Pipelining = { maxDepth: 64, fillDepth: 16, fastMillis: 2, stallMillis: 5 }
 
 /**
  * Where an open connection is:
@@ -98,6 +103,7 @@ export interface SlotsSettings {
   readonly serverMax: number
   readonly acquireTimeout: Duration.Duration
   readonly idleTimeout: Duration.Duration
+  readonly pipelining: Pipelining
 }
 
 export interface Counts {
@@ -141,6 +147,9 @@ export const make = (
     let opening = 0
     let closed = false
     const timeoutMillis = Duration.toMillis(settings.acquireTimeout)
+    const { fastMillis, stallMillis } = settings.pipelining
+    const maxDepth = Math.max(1, settings.pipelining.maxDepth)
+    const fillDepth = Math.min(maxDepth, settings.pipelining.fillDepth)
 
     const size = () => slots.size + opening
     const counts = (): Counts => ({
@@ -198,10 +207,11 @@ export const make = (
      * that load spreads over every connection).
      */
     const fillTarget = (now: number): Slot | undefined => {
+      if (fillDepth <= 1) return undefined
       let best: Slot | undefined
       for (const slot of shared) {
         if (
-          slot.statements < fillDepth && slot.serviceMillis < shortMillis && now - slot.lastCompletion < stallMillis &&
+          slot.statements < fillDepth && slot.serviceMillis < fastMillis && now - slot.lastCompletion < stallMillis &&
           Conn.reusable(slot.conn, now) && (best === undefined || slot.statements > best.statements)
         ) best = slot
       }
@@ -212,7 +222,7 @@ export const make = (
       if (slots.size < settings.maxSize) return undefined
       let best: Slot | undefined
       for (const slot of shared) {
-        if (slot.statements < maxPipeline && Conn.reusable(slot.conn, now) && (best === undefined || slot.statements < best.statements)) {
+        if (slot.statements < maxDepth && Conn.reusable(slot.conn, now) && (best === undefined || slot.statements < best.statements)) {
           best = slot
         }
       }
