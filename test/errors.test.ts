@@ -388,9 +388,49 @@ describe("connection and pool errors", () => {
         assert.strictEqual(error.sqlState, "CONNECTION_CLOSED")
         assert.isUndefined(error.sqlStateClass)
       }
+      // The statement was running: its outcome is unknown, so it is not safe to run again blindly.
+      assert.isTrue(error.sent)
+      assert.isFalse(DbError.isRetryable(error))
       const [row] = yield* pool.run(sql`SELECT pg_backend_pid() AS pid`)
       assert.notStrictEqual(row?.["pid"], pid)
     }).pipe(Effect.provide(h.pools({ maxSize: 1 }))))
+
+  it.live("ConnectionLost before a statement was sent says so, and is retryable", () =>
+    Effect.gen(function*() {
+      const pool = yield* WritePool
+      const error = yield* Effect.flip(pool.interaction((conn) =>
+        Effect.gen(function*() {
+          const [row] = yield* conn.run(sql`SELECT pg_backend_pid() AS pid`)
+          yield* h.observe("SELECT pg_terminate_backend($1)", [row?.["pid"]])
+          // Wait until the driver has seen the socket close, then send on the dead connection.
+          yield* Effect.sleep("200 millis")
+          return yield* conn.run(sql`SELECT 1`)
+        })
+      ))
+      seen.push(error)
+      assertTag(error, "ConnectionLost")
+      assert.isFalse(error.sent, error.message)
+      assert.isTrue(DbError.isRetryable(error))
+      assert.isTrue(DbError.isDbError(error))
+    }).pipe(Effect.provide(h.pools({ maxSize: 1 }))))
+
+  it.live("isDbError and isRetryable: what Postgres asks to retry, and nothing else", () =>
+    Effect.gen(function*() {
+      const serialization = new DbError.SerializationFailure({ message: "x", sqlState: "40001", sqlStateClass: "40 Transaction Rollback" })
+      const unique = new DbError.UniqueViolation({ message: "x", sqlState: "23505", sqlStateClass: integrity })
+      assert.isTrue(DbError.isRetryable(serialization))
+      assert.isTrue(DbError.isRetryable(new DbError.Deadlock({ message: "x", sqlState: "40P01", sqlStateClass: "40 Transaction Rollback" })))
+      assert.isFalse(DbError.isRetryable(unique))
+      assert.isFalse(DbError.isRetryable(new Error("x")))
+      assert.isTrue(DbError.isDbError(unique))
+      assert.isFalse(DbError.isDbError({ _tag: "UniqueViolation" }))
+      assert.isFalse(DbError.isDbError(new Error("UniqueViolation")))
+      // A real PoolTimeout from a pool of one held connection.
+      const pool = yield* WritePool
+      const timeout = yield* pool.interaction(() => Effect.flip(pool.run(sql`SELECT 1`)))
+      assert.strictEqual(timeout._tag, "PoolTimeout")
+      assert.isTrue(DbError.isRetryable(timeout))
+    }).pipe(Effect.provide(h.pools({ maxSize: 1, acquireTimeout: "100 millis" }))))
 
   it.live("ConnectFailed: a wrong password or a closed port; no message shows either password", () =>
     Effect.gen(function*() {

@@ -295,6 +295,12 @@ export class ConnectionLost extends Data.TaggedError("ConnectionLost")<{
   readonly sqlState?: string | undefined
   readonly sqlStateClass?: string | undefined
   readonly statement?: string | undefined
+  /**
+   * Had the statement been written to the connection? If so its outcome is
+   * unknown (a COMMIT may have committed); if not, it never reached the server
+   * and running it again is safe ({@link isRetryable}).
+   */
+  readonly sent: boolean
 }> {}
 
 /**
@@ -531,3 +537,61 @@ export type DbError =
  * @since 0.1.0
  */
 export type ListenError = PoolClosed | ListenerGaveUp | InvalidInput
+
+const tags: ReadonlySet<string> = new Set([
+  "UniqueViolation", "ForeignKeyViolation", "CheckViolation", "NotNullViolation", "SerializationFailure", "Deadlock",
+  "LockNotAvailable", "StatementTimeout", "ReadOnlyTransaction", "SyntaxError", "TransactionAborted", "DatabaseError",
+  "ConnectionLost", "ConnectFailed", "PoolTimeout", "PoolClosed", "InvalidInput", "PayloadTooLarge", "RowDecodeError",
+  "PayloadDecodeError", "ListenerGaveUp"
+] satisfies ReadonlyArray<(DbError | RowDecodeError | PayloadDecodeError | ListenerGaveUp)["_tag"]>)
+
+/**
+ * Is this one of this library's errors (any {@link DbError}, a
+ * `RowDecodeError`, `PayloadDecodeError` or `ListenerGaveUp`)?
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { DbError } from "effect-dbpool"
+ *
+ * const report = (e: unknown) => DbError.isDbError(e) ? Effect.logWarning(`${e._tag}: ${e.message}`) : Effect.die(e)
+ * ```
+ *
+ * @since 0.1.0
+ */
+export const isDbError = (u: unknown): u is DbError | RowDecodeError | PayloadDecodeError | ListenerGaveUp =>
+  u instanceof Error && "_tag" in u && typeof u._tag === "string" && tags.has(u._tag)
+
+/**
+ * Can the work that failed simply be run again? True for what Postgres asks
+ * you to retry (`SerializationFailure`, `Deadlock`), for waits that gave up
+ * (`PoolTimeout`) and for failures before anything reached the server
+ * (`ConnectFailed`, `ConnectionLost` with `sent: false`). A lost connection
+ * after the statement was sent is not: a COMMIT may have committed.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Schedule } from "effect"
+ * import { DbError, sql, WritePool } from "effect-dbpool"
+ *
+ * const transfer = WritePool.use((pool) =>
+ *   pool.transaction((conn) => conn.run(sql`UPDATE accounts SET balance = balance - 1 WHERE id = ${1}`), { isolation: "serializable" })
+ * ).pipe(Effect.retry({ while: DbError.isRetryable, schedule: Schedule.exponential("10 millis"), times: 5 }))
+ * ```
+ *
+ * @since 0.1.0
+ */
+export const isRetryable = (u: unknown): boolean => {
+  if (!isDbError(u)) return false
+  switch (u._tag) {
+    case "SerializationFailure":
+    case "Deadlock":
+    case "PoolTimeout":
+    case "ConnectFailed":
+      return true
+    case "ConnectionLost":
+      return !u.sent
+    default:
+      return false
+  }
+}

@@ -98,7 +98,8 @@ export const reusable = (conn: Conn, now: number): boolean => conn.wire === "rea
 export const needsCleanup = (conn: Conn): boolean => conn.wire !== "dead" && (conn.txDepth > 0 || conn.sessionChanged)
 
 const lost = (conn: Conn, statement: string | undefined) =>
-  new DbError.ConnectionLost({ message: `connection to ${conn.server} was lost`, statement })
+  // Only raised for statements that were never written: a dead connection, or dropped from the driver's queue.
+  new DbError.ConnectionLost({ message: `connection to ${conn.server} was lost`, statement, sent: false })
 
 const connectFailed = (server: string, cause: unknown): DbError.DbError => {
   const mapped = fromDriver(cause, undefined)
@@ -322,6 +323,24 @@ export const execute = (
 const identity = <A>(a: A): A => a
 
 /**
+ * Runs one statement like {@link execute}, each row an array of its column
+ * values in column order (a result with two columns of one name keeps both).
+ * Used by the effect/sql bridge (`executeValues`).
+ */
+export const executeValues = (
+  conn: Conn,
+  text: string,
+  params: DriverParams
+): Effect.Effect<Array<ReadonlyArray<unknown>>, DbError.DbError> =>
+  Effect.callback<Array<ReadonlyArray<unknown>>, DbError.DbError>((resume) =>
+    send(conn, text, params, resume, valueRows, undefined, undefined, true)
+  )
+
+/** After `query.values()` the driver builds every row as an array; its typings do not say so, the guard does. */
+const valueRows = (result: ReadonlyArray<postgres.Row>): Array<ReadonlyArray<unknown>> =>
+  plainRows(result).map((row): ReadonlyArray<unknown> => (Array.isArray(row) ? row : Object.values(row)))
+
+/**
  * Sends one statement from inside an `Effect.callback` registration and
  * returns the registration's interruption handler. `release`, if given, is
  * called exactly once, before the caller is resumed: when the statement
@@ -335,7 +354,8 @@ export const send = <A>(
   resume: (effect: Effect.Effect<A, DbError.DbError>) => void,
   onRows: (rows: postgres.RowList<Array<postgres.Row>>) => A,
   pipelined: (() => boolean) | undefined,
-  release: (() => void) | undefined
+  release: (() => void) | undefined,
+  values?: boolean
 ): Effect.Effect<void> | undefined => {
   if (conn.wire === "dead") {
     release?.()
@@ -353,6 +373,7 @@ export const send = <A>(
   // simple: false keeps the extended protocol even without parameters, so text holds one statement only
   // (a smuggled "; BEGIN" is a syntax error); the option exists at run time but not in the driver's typings.
   const query = conn.sql.unsafe(text, params, { prepare: true, simple: false } as postgres.UnsafeQueryOptions)
+  if (values === true) query.values() // rows as arrays (executeValues); it sets a mode on this query and returns it
   const tracked: DriverQuery = query as DriverQuery // the driver's query carries `state` at run time, untyped
   conn.inflight.add(tracked)
   // One reaction: the outcome is both what the caller gets and what a cancel waits for.
@@ -567,6 +588,58 @@ export const transaction = <A, E, R>(
       return exit.value
     })
   )
+
+// ---------------------------------------------------------------------------
+// transaction steps one at a time, for the effect/sql bridge (effectSql.ts), whose
+// SqlClient drives BEGIN, savepoints, COMMIT and ROLLBACK itself
+// ---------------------------------------------------------------------------
+
+/**
+ * Opens the outermost transaction with a statement of the caller's (`BEGIN
+ * ISOLATION LEVEL …`, `START TRANSACTION …`), counted as `begin` counts it.
+ * Uninterruptible: its outcome is always known.
+ */
+export const beginWith = (conn: Conn, text: string): Effect.Effect<void, DbError.DbError> =>
+  Effect.uninterruptible(Effect.suspend(() => {
+    conn.txDepth = 1
+    conn.failed = false
+    return Effect.asVoid(control(conn, text))
+  }))
+
+/** Opens a savepoint of the caller's name (an SQL identifier it made) one level deeper. Uninterruptible. */
+export const savepoint = (conn: Conn, name: string): Effect.Effect<void, DbError.DbError> =>
+  Effect.uninterruptible(Effect.suspend(() =>
+    Effect.map(control(conn, `SAVEPOINT ${name}`), () => {
+      conn.txDepth++
+    })
+  ))
+
+/** Rolls back to a savepoint, which stays open (release it after); the transaction is usable again. Uninterruptible. */
+export const rollbackToSavepoint = (conn: Conn, name: string): Effect.Effect<void, DbError.DbError> =>
+  Effect.uninterruptible(Effect.suspend(() =>
+    Effect.map(control(conn, `ROLLBACK TO SAVEPOINT ${name}`), () => {
+      conn.failed = false
+    })
+  ))
+
+/**
+ * Releases a savepoint, one level up. If a statement inside it had failed (and
+ * was caught), RELEASE would fail and leave the transaction aborted: it is
+ * rolled back to and released instead, and that is a `TransactionAborted`, as
+ * `transaction` does. Uninterruptible.
+ */
+export const releaseSavepoint = (conn: Conn, name: string): Effect.Effect<void, DbError.DbError> =>
+  Effect.uninterruptible(Effect.suspend(() => {
+    const failedBefore = conn.failed
+    const undo = failedBefore ? rollbackToSavepoint(conn, name) : Effect.void
+    return Effect.andThen(
+      undo,
+      Effect.flatMap(control(conn, `RELEASE SAVEPOINT ${name}`), () => {
+        conn.txDepth--
+        return failedBefore ? Effect.fail(aborted("savepoint")) : Effect.void
+      })
+    )
+  }))
 
 /** Sends a notification on this connection (inside its transaction, if any). */
 export const notify = (conn: Conn, channel: string, payload: unknown, schema?: Schema.Top) =>

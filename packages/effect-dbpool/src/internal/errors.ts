@@ -123,11 +123,11 @@ export const fromDriver = (u: unknown, statement: string | undefined): DbError.D
   const code = str(e.code)
   // Socket error codes can look like SQLSTATEs ("EPIPE" is five capitals): they are checked first.
   if (code !== undefined && connectionCodes.has(code)) {
-    return new DbError.ConnectionLost({ message: `connection lost: ${message}`, sqlState: code, statement })
+    return new DbError.ConnectionLost({ message: `connection lost: ${message}`, sqlState: code, statement, sent: true })
   }
   if (code === undefined || !/^[0-9A-Z]{5}$/.test(code)) {
     if (isConnectionFailure(u)) {
-      return new DbError.ConnectionLost({ message: `connection lost: ${message}`, sqlState: code, statement })
+      return new DbError.ConnectionLost({ message: `connection lost: ${message}`, sqlState: code, statement, sent: true })
     }
     return new DbError.DatabaseError({
       message,
@@ -148,7 +148,7 @@ export const fromDriver = (u: unknown, statement: string | undefined): DbError.D
     statement
   }
   if (endsSession(e, code)) {
-    return new DbError.ConnectionLost({ message: `connection lost: ${message}`, sqlState: code, sqlStateClass: fields.sqlStateClass, statement })
+    return new DbError.ConnectionLost({ message: `connection lost: ${message}`, sqlState: code, sqlStateClass: fields.sqlStateClass, statement, sent: true })
   }
   const Tagged = byCode[code]
   return Tagged === undefined ? new DbError.DatabaseError(fields) : new Tagged(fields)
