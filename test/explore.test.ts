@@ -572,7 +572,7 @@ const runProgram = (program: Program, id: number, hangMs: number): Effect.Effect
         applicationName: appName
       }),
       scope
-    )
+    ).pipe(Effect.orDie)
     const w = new World(program, id, appName, Context.get(context, WritePool), Context.get(context, Notifications.Notifications))
     const started = Date.now()
 

@@ -63,8 +63,8 @@ describe("hostile input", () => {
             return yield* pool.run(sql`SELECT 1`)
           }).pipe(
             Effect.provide(
+              // The start-up check fails the Layer itself, with the same typed error.
               DbPool.layer({ url: Redacted.make(url), connectTimeout: "2 seconds", acquireTimeout: "3 seconds", applicationName: h.appName })
-                .pipe(Layer.orDie)
             )
           )
         )

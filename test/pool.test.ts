@@ -638,7 +638,8 @@ describe("configuration from the environment", () => {
   it.live("a named pool reads its own prefixed variables (ANALYTICS_DATABASE_URL, …)", () =>
     Effect.gen(function*() {
       const analytics = yield* Analytics.Write
-      assert.deepStrictEqual(yield* analytics.stats, { pool: "analytics/write", idle: 0, used: 0, pending: 0, min: 0, max: 3, serverMax: 7 })
+      // idle 1: the start-up check's connection, kept for the first caller.
+      assert.deepStrictEqual(yield* analytics.stats, { pool: "analytics/write", idle: 1, used: 0, pending: 0, min: 0, max: 3, serverMax: 7 })
       assert.isAbove(yield* backendPid(analytics), 0)
       assert.strictEqual(yield* sessionCount, 1)
     }).pipe(Effect.provide(
@@ -1002,6 +1003,38 @@ describe("connections that die while being opened", () => {
 })
 
 describe("connect failures", () => {
+  it.live("by default a wrong password fails the Layer itself with ConnectFailed, before any query", () =>
+    Effect.gen(function*() {
+      const url = new URL(Redacted.value(databaseUrl))
+      url.password = "Wr0ng-Secret-Pa55"
+      const exit = yield* Effect.exit(Layer.build(DbPool.layer({ url: Redacted.make(url.toString()), applicationName: h.appName }).pipe(Layer.provide(quiet))).pipe(Effect.scoped))
+      assert.isTrue(Exit.isFailure(exit))
+      const error = Exit.isFailure(exit) ? Option.getOrUndefined(Exit.findErrorOption(exit)) : undefined
+      assert.strictEqual(error?._tag, "ConnectFailed")
+      assert.strictEqual(error?._tag === "ConnectFailed" ? error.sqlState : undefined, "28P01")
+      for (const text of renderings(error!)) assert.notInclude(text, "Wr0ng-Secret-Pa55")
+    }))
+
+  it.live("by default the Layer opens one write connection when built (the check) and keeps it for the first caller", () =>
+    Effect.gen(function*() {
+      const pool = yield* WritePool
+      const read = yield* ReadPool
+      assert.strictEqual(yield* h.sessions.pipe(Effect.map((s) => s.length)), 1)
+      assert.deepInclude(yield* pool.stats, { idle: 1, used: 0 })
+      assert.deepInclude(yield* read.stats, { idle: 0, used: 0 })
+      const before = (yield* h.sessions)[0]?.pid
+      const [row] = yield* pool.run(sql`SELECT pg_backend_pid() AS pid`)
+      assert.strictEqual(Number(row?.["pid"]), before)
+    }).pipe(Effect.provide(DbPool.layer({ url: databaseUrl, applicationName: h.appName }).pipe(Layer.provide(quiet)))))
+
+  it.live("with minSize, the start-up check (a caller arriving while the pool fills) takes one of those connections, not one more", () =>
+    Effect.gen(function*() {
+      const pool = yield* WritePool
+      yield* Effect.sleep("300 millis")
+      assert.deepInclude(yield* pool.stats, { idle: 2, used: 0 })
+      assert.strictEqual((yield* h.sessions).length, 2)
+    }).pipe(Effect.provide(h.pools({ minSize: 2, maxSize: 8, checkOnStart: true }))))
+
   it.live("a wrong password fails with ConnectFailed that names neither the password nor the URL", () => {
     const url = new URL(Redacted.value(databaseUrl))
     const realPassword = decodeURIComponent(url.password)

@@ -4,7 +4,7 @@
  *
  * @since 0.1.0
  */
-import type { Effect, Schema } from "effect"
+import type { Duration, Effect, Schema } from "effect"
 import type { DbError, RowDecodeError } from "./DbError.ts"
 import type { Statement } from "./Statement.ts"
 
@@ -109,6 +109,15 @@ export interface TransactionOptions {
   readonly readOnly?: boolean | undefined
   /** Only meaningful with `serializable` and `readOnly`. */
   readonly deferrable?: boolean | undefined
+  /** `SET LOCAL statement_timeout` for this transaction: a statement over it fails with `StatementTimeout`. */
+  readonly statementTimeout?: Duration.Input | undefined
+  /** `SET LOCAL lock_timeout` for this transaction: a lock wait over it fails with `LockNotAvailable`. */
+  readonly lockTimeout?: Duration.Input | undefined
+  /**
+   * `SET LOCAL idle_in_transaction_session_timeout`: left idle this long between statements (a forgotten partial
+   * transaction), the server ends the session, which rolls the transaction back; the next step fails with `ConnectionLost`.
+   */
+  readonly idleInTransactionSessionTimeout?: Duration.Input | undefined
 }
 
 /**

@@ -13,7 +13,9 @@ import * as Pool from "./internal/pool.ts"
 import * as Slots from "./internal/slots.ts"
 import { Notifications, type NotificationsService } from "./Notifications.ts"
 import { ReadPool } from "./ReadPool.ts"
+import * as DbError from "./DbError.ts"
 import type { InteractionPool } from "./InteractionPool.ts"
+import * as Statement from "./Statement.ts"
 import { WritePool, type WritePoolService } from "./WritePool.ts"
 
 /**
@@ -30,6 +32,12 @@ import { WritePool, type WritePoolService } from "./WritePool.ts"
  * | `idleTimeout` | 10 minutes | `DATABASE_IDLE_TIMEOUT` |
  * | `maxLifetime` | 30 minutes (minus up to 10% jitter) | `DATABASE_MAX_LIFETIME` |
  * | `applicationName` | `effect-dbpool` | `DATABASE_APPLICATION_NAME` |
+ * | `statementTimeout` / `lockTimeout` / `idleInTransactionSessionTimeout` | server defaults | `DATABASE_STATEMENT_TIMEOUT` / `DATABASE_LOCK_TIMEOUT` / `DATABASE_IDLE_IN_TRANSACTION_SESSION_TIMEOUT` |
+ * | `serverSettings` | none | — |
+ * | `password` | the URL's | — |
+ * | `ssl` | the URL's `sslmode` | — |
+ * | `prepare` | `true` | `DATABASE_PREPARE` |
+ * | `checkOnStart` | `true` | — |
  * | `pipelining` | `{ maxDepth: 64, fillDepth: 16, fastWithin: "2 millis", stallAfter: "5 millis" }` | `DATABASE_PIPELINE_MAX_DEPTH` / `DATABASE_PIPELINE_FILL_DEPTH` |
  * | `listenReconnect` | forever, 50 ms doubling to 500 ms | — |
  * | `listenHealthCheckInterval` | 5 seconds | — |
@@ -67,12 +75,102 @@ export interface Config {
   /** Connections older than this are retired when next returned or checked out. */
   readonly maxLifetime?: Duration.Input | undefined
   readonly applicationName?: string | undefined
+  /** `statement_timeout` of every connection: a statement running longer fails with `StatementTimeout` (57014). */
+  readonly statementTimeout?: Duration.Input | undefined
+  /** `lock_timeout` of every connection: a lock wait longer than this fails with `LockNotAvailable` (55P03). */
+  readonly lockTimeout?: Duration.Input | undefined
+  /**
+   * `idle_in_transaction_session_timeout` of every connection: a transaction idle this long between statements (a
+   * forgotten partial transaction) has its session ended by the server, which rolls it back and frees its locks;
+   * its next step fails with `ConnectionLost`, and the pool replaces the connection.
+   */
+  readonly idleInTransactionSessionTimeout?: Duration.Input | undefined
+  /** Further server settings for every connection, sent when it connects (`RESET ALL` returns to them). */
+  readonly serverSettings?: Readonly<Record<string, string>> | undefined
+  /**
+   * The password, evaluated at every connect (rotating credentials, cloud IAM tokens); the URL's otherwise.
+   * A failure is `ConnectFailed` (its own message is not shown: it may carry a secret).
+   */
+  readonly password?: Effect.Effect<Redacted.Redacted<string>, unknown> | undefined
+  /**
+   * TLS: `"require"` encrypts without checking the certificate, `"verify-full"` checks it and the host name
+   * (against `ca` when given, else the system's roots); the object form adds a CA and a client certificate.
+   */
+  readonly ssl?: Ssl | undefined
+  /** Named prepared statements; `false` behind a pooler in transaction mode (PgBouncer before 1.21). */
+  readonly prepare?: boolean | undefined
+  /** Open a connection of the write pool (and of the read pool on a `readUrl`) when the Layer is built, failing it with `ConnectFailed`. */
+  readonly checkOnStart?: boolean | undefined
   /** How single statements share connections when every connection is busy; `false`: never (see {@link Pipelining}). */
   readonly pipelining?: Pipelining | false | undefined
   /** When the listening connection dies: how to retry reconnecting. When it ends, notification streams fail with `ListenerGaveUp`. */
   readonly listenReconnect?: Schedule.Schedule<unknown, unknown> | undefined
   /** How often the listening connection is checked with a round trip, to notice a network that died silently. */
   readonly listenHealthCheckInterval?: Duration.Input | undefined
+}
+
+/**
+ * TLS settings. `"disable"` never uses TLS; `"require"` encrypts without
+ * checking the server's certificate; `"verify-full"` checks the certificate
+ * and that it names the host. The object form gives a CA (PEM) to check
+ * against and a client certificate and key (PEM).
+ *
+ * @example
+ * ```ts
+ * import * as Fs from "node:fs"
+ * import { Redacted } from "effect"
+ * import { DbPool } from "effect-dbpool"
+ *
+ * const PoolsLive = DbPool.layer({
+ *   url: Redacted.make("postgres://app@db.internal:5432/app"),
+ *   ssl: { mode: "verify-full", ca: Fs.readFileSync("ca.pem", "utf8") }
+ * })
+ * ```
+ *
+ * @since 0.1.0
+ */
+export type Ssl =
+  | "disable"
+  | "require"
+  | "verify-full"
+  | {
+    readonly mode: "require" | "verify-full"
+    readonly ca?: string | undefined
+    readonly cert?: string | undefined
+    readonly key?: Redacted.Redacted<string> | undefined
+  }
+
+const driverSsl = (ssl: Ssl | undefined): Pool.Settings["ssl"] => {
+  if (ssl === undefined) return undefined
+  if (ssl === "disable") return false
+  if (typeof ssl === "string") return ssl
+  return {
+    rejectUnauthorized: ssl.mode === "verify-full",
+    ...(ssl.ca === undefined ? {} : { ca: ssl.ca }),
+    ...(ssl.cert === undefined ? {} : { cert: ssl.cert }),
+    ...(ssl.key === undefined ? {} : { key: Redacted.value(ssl.key) })
+  }
+}
+
+/** The same TLS settings in node-postgres's terms (the listener's driver). */
+const listenerSsl = (ssl: Ssl | undefined): Listener.ListenerSettings["ssl"] => {
+  if (ssl === undefined) return undefined
+  if (ssl === "disable") return false
+  if (ssl === "require") return { rejectUnauthorized: false }
+  if (ssl === "verify-full") return { rejectUnauthorized: true }
+  return driverSsl(ssl) as Exclude<Pool.Settings["ssl"], string | boolean | undefined> // the object form: tls.connect options for both
+}
+
+/** Server settings sent at connect: the timeouts (in milliseconds, their unit) and the user's own. */
+const startupSettings = (config: Config): Record<string, string> => {
+  const out: Record<string, string> = { ...config.serverSettings }
+  const ms = (name: string, value: Duration.Input | undefined) => {
+    if (value !== undefined) out[name] = String(Math.max(0, Math.round(Duration.toMillis(Duration.fromInputUnsafe(value)))))
+  }
+  ms("statement_timeout", config.statementTimeout)
+  ms("lock_timeout", config.lockTimeout)
+  ms("idle_in_transaction_session_timeout", config.idleInTransactionSessionTimeout)
+  return out
 }
 
 /**
@@ -154,7 +252,11 @@ const settings = (config: Config, name: string, kind: "write" | "read"): Pool.Se
     idleTimeout: Duration.fromInputUnsafe(config.idleTimeout ?? "10 minutes"),
     pipelining: pipelining(config.pipelining),
     maxLifetimeMillis: Duration.toMillis(Duration.fromInputUnsafe(config.maxLifetime ?? "30 minutes")),
-    applicationName: config.applicationName ?? "effect-dbpool"
+    applicationName: config.applicationName ?? "effect-dbpool",
+    startupSettings: startupSettings(config),
+    password: config.password,
+    ssl: driverSsl(config.ssl),
+    prepare: config.prepare ?? true
   }
 }
 
@@ -164,17 +266,34 @@ interface Keys<W, R, N> {
   readonly notifications: Context.Key<N, NotificationsService>
 }
 
+/** One round trip on the pool (its connection stays open, idle, for the first caller). */
+const check = (pool: InteractionPool, server: string): Effect.Effect<void, DbError.ConnectFailed> =>
+  pool.run(Statement.text("SELECT 1")).pipe(
+    Effect.asVoid,
+    Effect.mapError((e) =>
+      e._tag === "ConnectFailed" ? e : new DbError.ConnectFailed({ message: `checking ${server} failed: ${e.message}`, server })
+    )
+  )
+
 const build = <W, R, N>(name: string, keys: Keys<W, R, N>, config: Config) =>
   Effect.gen(function*() {
     const writeSettings = settings(config, name, "write")
     const w = yield* Pool.make(writeSettings)
-    const r = yield* Pool.make(settings(config, name, "read"))
+    const readSettings = settings(config, name, "read")
+    const r = yield* Pool.make(readSettings)
+    if (config.checkOnStart !== false) {
+      // A wrong URL or password fails the Layer at start-up, not the first query an hour later.
+      yield* check(w, writeSettings.server)
+      if (readSettings.server !== writeSettings.server) yield* check(r, readSettings.server)
+    }
     const listener = yield* Listener.make({
       name: `${name}/listen`,
       url: writeSettings.url,
       server: writeSettings.server,
       applicationName: writeSettings.applicationName,
       connectTimeoutMillis: writeSettings.connectTimeoutMillis,
+      password: config.password,
+      ssl: listenerSsl(config.ssl),
       reconnect: config.listenReconnect ?? Listener.defaultReconnect,
       healthCheckInterval: Duration.fromInputUnsafe(config.listenHealthCheckInterval ?? "5 seconds")
     })
@@ -201,6 +320,10 @@ const fromEnv = (prefix: string): C.Config<Config> => {
     idleTimeout: duration("DATABASE_IDLE_TIMEOUT"),
     maxLifetime: duration("DATABASE_MAX_LIFETIME"),
     applicationName: C.option(C.String(`${prefix}DATABASE_APPLICATION_NAME`)),
+    statementTimeout: duration("DATABASE_STATEMENT_TIMEOUT"),
+    lockTimeout: duration("DATABASE_LOCK_TIMEOUT"),
+    idleInTransactionSessionTimeout: duration("DATABASE_IDLE_IN_TRANSACTION_SESSION_TIMEOUT"),
+    prepare: C.option(C.Boolean(`${prefix}DATABASE_PREPARE`)),
     maxDepth: int("DATABASE_PIPELINE_MAX_DEPTH"),
     fillDepth: int("DATABASE_PIPELINE_FILL_DEPTH")
   }).pipe(
@@ -216,6 +339,10 @@ const fromEnv = (prefix: string): C.Config<Config> => {
       idleTimeout: Option.getOrUndefined(c.idleTimeout),
       maxLifetime: Option.getOrUndefined(c.maxLifetime),
       applicationName: Option.getOrUndefined(c.applicationName),
+      statementTimeout: Option.getOrUndefined(c.statementTimeout),
+      lockTimeout: Option.getOrUndefined(c.lockTimeout),
+      idleInTransactionSessionTimeout: Option.getOrUndefined(c.idleInTransactionSessionTimeout),
+      prepare: Option.getOrUndefined(c.prepare),
       pipelining: { maxDepth: Option.getOrUndefined(c.maxDepth), fillDepth: Option.getOrUndefined(c.fillDepth) }
     }))
   )
@@ -234,7 +361,7 @@ const fromEnv = (prefix: string): C.Config<Config> => {
  *
  * @since 0.1.0
  */
-export const layer = (config: Config): Layer.Layer<WritePool | ReadPool | Notifications> =>
+export const layer = (config: Config): Layer.Layer<WritePool | ReadPool | Notifications, DbError.ConnectFailed> =>
   Layer.effectContext(build("default", defaultKeys, config))
 
 /**
@@ -249,7 +376,7 @@ export const layer = (config: Config): Layer.Layer<WritePool | ReadPool | Notifi
  *
  * @since 0.1.0
  */
-export const layerConfig = (): Layer.Layer<WritePool | ReadPool | Notifications, C.ConfigError> =>
+export const layerConfig = (): Layer.Layer<WritePool | ReadPool | Notifications, C.ConfigError | DbError.ConnectFailed> =>
   Layer.effectContext(Effect.flatMap(fromEnv(""), (config) => build("default", defaultKeys, config)))
 
 /**
@@ -272,11 +399,11 @@ export interface NamedPools<Name extends string> {
   readonly Read: Context.Service<NamedReadPool<Name>, InteractionPool>
   readonly Notifications: Context.Service<NamedNotifications<Name>, NotificationsService>
   /** The pair from settings. */
-  readonly layer: (config: Config) => Layer.Layer<NamedWritePool<Name> | NamedReadPool<Name> | NamedNotifications<Name>>
+  readonly layer: (config: Config) => Layer.Layer<NamedWritePool<Name> | NamedReadPool<Name> | NamedNotifications<Name>, DbError.ConnectFailed>
   /** The pair from the environment, every variable prefixed with the upper-cased name: `ANALYTICS_DATABASE_URL`, … */
   readonly layerConfig: () => Layer.Layer<
     NamedWritePool<Name> | NamedReadPool<Name> | NamedNotifications<Name>,
-    C.ConfigError
+    C.ConfigError | DbError.ConnectFailed
   >
 }
 

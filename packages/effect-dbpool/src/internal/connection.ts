@@ -10,7 +10,7 @@
  * the transaction, whether the session was changed. Only the functions here
  * change them; the slots (who holds the connection) live in `slots.ts`.
  */
-import { Clock, Effect, Option, Redacted, Schema, type Scope } from "effect"
+import { Clock, Duration, Effect, Option, Redacted, Schema, type Scope } from "effect"
 import postgres from "postgres"
 import type { Connection, Row, TransactionOptions } from "../Connection.ts"
 import * as DbError from "../DbError.ts"
@@ -30,6 +30,14 @@ export interface ConnectOptions {
   readonly connectTimeoutMillis: number
   readonly maxLifetimeMillis: number
   readonly applicationName: string
+  /** Server settings sent at connect (timeouts, `serverSettings`): `RESET ALL` returns to these. */
+  readonly startupSettings: Readonly<Record<string, string>>
+  /** Evaluated at every connect, when given (rotating credentials); otherwise the URL's password. */
+  readonly password: Effect.Effect<Redacted.Redacted<string>, unknown> | undefined
+  /** postgres.js's `ssl` option, when given; otherwise the URL's `sslmode`. */
+  readonly ssl: postgres.Options<{}>["ssl"] | undefined
+  /** Named prepared statements (off behind a pooler in transaction mode). */
+  readonly prepare: boolean
 }
 
 /**
@@ -118,17 +126,20 @@ const connectFailed = (server: string, cause: unknown): DbError.DbError => {
 }
 
 /** A single-connection driver instance; throws on an unparseable URL. */
-const driver = (options: ConnectOptions, onclose: () => void): postgres.Sql =>
+const driver = (options: ConnectOptions, password: Redacted.Redacted<string> | undefined, onclose: () => void): postgres.Sql =>
   postgres(Redacted.value(options.url), {
     max: 1,
     idle_timeout: 0,
     max_lifetime: null,
     connect_timeout: Math.max(1, Math.ceil(options.connectTimeoutMillis / 1000)),
-    prepare: true,
+    prepare: options.prepare,
     fetch_types: false,
     onnotice: () => {},
     onclose,
+    ...(password === undefined ? {} : { pass: Redacted.value(password) }),
+    ...(options.ssl === undefined ? {} : { ssl: options.ssl }),
     connection: {
+      ...options.startupSettings,
       application_name: options.applicationName,
       ...(options.readOnly ? { default_transaction_read_only: true } : {})
     }
@@ -146,8 +157,13 @@ export const open = (options: ConnectOptions): Effect.Effect<Conn, DbError.DbErr
       const expiresAt = now + options.maxLifetimeMillis * (1 - Math.random() * 0.1)
       let conn: Conn | undefined
       let sql: postgres.Sql
+      const password = options.password === undefined ? undefined : yield* restore(Effect.mapError(
+        options.password,
+        // The failure itself may carry a secret: say only that the password could not be had.
+        () => new DbError.ConnectFailed({ message: `cannot connect to ${options.server}: the password effect failed`, server: options.server })
+      ))
       try {
-        sql = driver(options, () => {
+        sql = driver(options, password, () => {
           if (conn !== undefined) socketClosed(conn)
         })
       } catch {
@@ -438,6 +454,11 @@ export const runPrepared = (
   return schema === undefined ? rows : Effect.flatMap(rows, decodeRows(schema, prepared.text))
 }
 
+/** Notes what a checked statement does to the session, for a caller that sends it itself (the effect/sql bridge). */
+export const noteSessionChange = (conn: Conn, prepared: Prepared): void => {
+  if (prepared.changesSession) conn.sessionChanged = true
+}
+
 /** Runs a user statement on a held connection, optionally decoding its rows. */
 export const run = (conn: Conn, statement: Statement, schema?: Schema.Top): Effect.Effect<ReadonlyArray<unknown>, DbError.DbError | DbError.RowDecodeError, unknown> => {
   const prepared = prepare(statement)
@@ -457,13 +478,28 @@ const beginText = (options: TransactionOptions | undefined): string => {
   return text
 }
 
+/** `SET LOCAL` statements for a transaction's own timeouts (whole milliseconds, which these settings take). */
+const localSettings = (options: TransactionOptions | undefined): ReadonlyArray<string> => {
+  if (options === undefined) return []
+  const out: Array<string> = []
+  const set = (name: string, value: Duration.Input | undefined) => {
+    if (value !== undefined) out.push(`SET LOCAL ${name} = ${Math.max(0, Math.round(Duration.toMillis(Duration.fromInputUnsafe(value))))}`)
+  }
+  set("statement_timeout", options.statementTimeout)
+  set("lock_timeout", options.lockTimeout)
+  set("idle_in_transaction_session_timeout", options.idleInTransactionSessionTimeout)
+  return out
+}
+
 /** Opens the outermost transaction on a connection. Uninterruptible: its outcome is always known. */
 export const begin = (conn: Conn, options?: TransactionOptions): Effect.Effect<void, DbError.DbError> =>
   Effect.uninterruptible(Effect.suspend(() => {
     // Counted as open before BEGIN is sent: if its outcome is lost, check-in rolls back (harmless outside a transaction).
     conn.txDepth = 1
     conn.failed = false
-    return Effect.asVoid(control(conn, beginText(options)))
+    const local = localSettings(options)
+    const opened = Effect.asVoid(control(conn, beginText(options)))
+    return local.length === 0 ? opened : Effect.andThen(opened, Effect.forEach(local, (text) => control(conn, text), { discard: true }))
   }))
 
 const aborted = (what: string) =>

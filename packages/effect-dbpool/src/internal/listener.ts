@@ -18,6 +18,9 @@ export interface ListenerSettings {
   readonly server: string
   readonly applicationName: string
   readonly connectTimeoutMillis: number
+  readonly password: Effect.Effect<Redacted.Redacted<string>, unknown> | undefined
+  /** node-postgres's `ssl` option, when given; otherwise the URL's `sslmode`. */
+  readonly ssl: pg.ClientConfig["ssl"] | undefined
   readonly reconnect: Schedule.Schedule<unknown, unknown>
   /** How often the idle listening connection is checked with a round trip (a cut network sends no FIN). */
   readonly healthCheckInterval: Duration.Duration
@@ -127,14 +130,16 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
       channels.clear()
     }
 
-    const connect = Effect.tryPromise({
+    const connectWith = (password: Redacted.Redacted<string> | undefined) => Effect.tryPromise({
       // Interrupted while connecting (the pool closing during a reconnect), the client must not live on.
       try: async (signal) => {
         const c = new pg.Client({
           connectionString: Redacted.value(settings.url),
           application_name: settings.applicationName,
           connectionTimeoutMillis: settings.connectTimeoutMillis,
-          keepAlive: true
+          keepAlive: true,
+          ...(password === undefined ? {} : { password: Redacted.value(password) }),
+          ...(settings.ssl === undefined ? {} : { ssl: settings.ssl })
         })
         // An 'error' event without a listener would crash the process; losses are handled below.
         c.on("error", () => {})
@@ -156,6 +161,10 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
       },
       catch: (cause) => cause
     })
+    // The password effect runs at every connect (rotating credentials); its failure is not shown (it may carry a secret).
+    const connect = settings.password === undefined
+      ? connectWith(undefined)
+      : Effect.flatMap(Effect.mapError(settings.password, () => new Error("the password effect failed")), connectWith)
 
     /** Connects, LISTENs every subscribed channel and tells every subscriber; fails if any step fails. */
     const establish = Effect.uninterruptibleMask((restore) =>

@@ -95,6 +95,13 @@ interface Waiter {
   done: boolean
 }
 
+/** A connect under way, and whom its failure goes to. */
+interface Attempt {
+  owner: Waiter | undefined
+  /** A top-up that a waiter took over. */
+  adopted: boolean
+}
+
 export interface SlotsSettings {
   readonly name: string
   readonly minSize: number
@@ -145,6 +152,8 @@ export const make = (
     const ready: Array<() => void> = []
     let settling = false
     let opening = 0
+    /** Connects under way for nobody in particular (minSize top-ups), oldest first. */
+    const unowned: Array<Attempt> = []
     let closed = false
     const timeoutMillis = Duration.toMillis(settings.acquireTimeout)
     const { fastMillis, stallMillis } = settings.pipelining
@@ -286,16 +295,21 @@ export const make = (
      * not reach a caller who came later — and an ownerless one (minSize
      * top-up) to nobody. Interrupted (the pool closing), it closes what it opened.
      */
-    const openOne = (owner: Waiter | undefined) =>
+    const openOne = (attempt: Attempt) =>
       Effect.uninterruptibleMask((restore) =>
         Effect.gen(function*() {
           const scope = yield* Scope.make()
           const exit = yield* Effect.exit(restore(Scope.provide(open, scope)))
           opening--
+          const i = unowned.indexOf(attempt)
+          if (i !== -1) unowned.splice(i, 1)
+          const owner = attempt.owner
           if (owner !== undefined) owner.opening = false
           if (exit._tag === "Failure" || closed) {
             yield* Scope.close(scope, Exit.void)
-            if (exit._tag === "Failure" && owner !== undefined && !owner.done && !closed) {
+            // An adopted top-up began before its owner came: its failure may be stale (an outage since over), so
+            // the owner gets an attempt of its own (settle opens it) rather than this error.
+            if (exit._tag === "Failure" && owner !== undefined && !owner.done && !closed && !attempt.adopted) {
               const error = Cause.findErrorOption(exit.cause)
               if (error._tag === "Some") failWaiter(owner, error.value)
               else if (!Cause.hasInterruptsOnly(exit.cause)) {
@@ -314,15 +328,30 @@ export const make = (
 
     const startOpening = (owner: Waiter | undefined) => {
       opening++
+      const attempt: Attempt = { owner, adopted: false }
       if (owner !== undefined) owner.opening = true
-      fork(openOne(owner))
+      else unowned.push(attempt)
+      fork(openOne(attempt))
     }
 
-    /** Waiters with no connection being opened for them get one, while the pool has room. */
+    /**
+     * Waiters with no connection being opened for them get one: first an
+     * ownerless attempt (a minSize top-up) is adopted — so a caller arriving
+     * while the pool fills does not open one more — then new ones while the
+     * pool has room.
+     */
     const openForWaiters = () => {
       for (const w of waiters) {
+        if (w.opening) continue
+        const adopted = unowned.shift()
+        if (adopted !== undefined) {
+          adopted.owner = w
+          adopted.adopted = true
+          w.opening = true
+          continue
+        }
         if (closed || size() >= settings.maxSize) return
-        if (!w.opening) startOpening(w)
+        startOpening(w)
       }
     }
 
