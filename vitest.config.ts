@@ -1,6 +1,16 @@
 import { defineConfig } from "vitest/config"
 
+// The workspace's packages export their TypeScript sources under this condition (see their package.json
+// "exports"), so tests run without a prior build; published, the same imports resolve to dist/.
+const sourceCondition = "@effect-dbpool/source"
+
 export default defineConfig({
+  plugins: [{
+    name: "effect-dbpool:source-condition",
+    // Every Vite environment, not only `ssr.resolve.conditions`: Vitest loads globalSetup in an environment of its
+    // own that ignores the ssr settings (vitest-dev/vitest#9429).
+    configEnvironment: () => ({ resolve: { conditions: [sourceCondition] } })
+  }],
   test: {
     include: ["test/**/*.test.ts", "packages/*/test/**/*.test.ts"],
     globalSetup: ["test/globalSetup.ts"],

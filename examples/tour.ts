@@ -2,12 +2,13 @@
  * The tour: gDBPool's documentation, step by step, in effect-dbpool.
  *
  * Runs on an embedded Postgres (or DATABASE_URL) loaded with the test_values
- * table of 1,000,000 rows. `pnpm demo` runs it.
+ * table of 1,000,000 rows. `pnpm demo` runs it; `pnpm example:effect-sql`
+ * shows the same pools under effect/sql's SqlClient.
  */
 import { EmbeddedPostgres, layer as postgresLayer } from "@effect-dbpool/embedded-postgres"
 import { NodeRuntime } from "@effect/platform-node"
 import { Console, Deferred, Effect, Fiber, Layer, Schema, Stream } from "effect"
-import { DbPool, Notifications, ReadPool, sql, Statement, WritePool } from "effect-dbpool"
+import { DbError, DbPool, Notifications, ReadPool, sql, Statement, WritePool } from "effect-dbpool"
 
 const TestValue = Schema.Struct({ id: Schema.Number, val1: Schema.Number, val2: Schema.Number })
 
@@ -113,7 +114,19 @@ const tour = Effect.gen(function*() {
   yield* Fiber.interrupt(listener) // gDBPool's cancel event: interruption, which UNLISTENs
   yield* Console.log("after interruption the pool listens on:", (yield* notifications.stats).channels)
 
-  yield* step("10. Pool statistics")
+  yield* step("10. Rows as a Stream: a cursor, a batch at a time")
+  const streamed = yield* pool.stream(sql`SELECT id, val1, val2 FROM test_values`, TestValue, { batchSize: 10_000 }).pipe(
+    Stream.runFold(() => ({ rows: 0, sum: 0 }), (acc, row) => ({ rows: acc.rows + 1, sum: acc.sum + row.val1 }))
+  )
+  yield* Console.log(`streamed ${streamed.rows} rows (sum of val1 ${streamed.sum}) without holding them in memory`)
+
+  yield* step("11. Timeouts: per transaction (SET LOCAL) or for every connection (statementTimeout, …)")
+  const timedOut = yield* pool.transaction((conn) => conn.run(sql`SELECT pg_sleep(5)`), { statementTimeout: "100 millis" }).pipe(
+    Effect.flip
+  )
+  yield* Console.log(`${timedOut._tag} (SQLSTATE ${"sqlState" in timedOut ? timedOut.sqlState : "-"}), retryable: ${DbError.isRetryable(timedOut)}`)
+
+  yield* step("12. Pool statistics")
   yield* Console.log(yield* pool.stats, yield* readPool.stats)
 })
 

@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Layer, Redacted } from "effect"
+import { Effect, Redacted } from "effect"
 import { DbPool, sql, Statement, WritePool } from "effect-dbpool"
 import { inject } from "vitest"
 import { harness } from "./support.ts"

@@ -63,7 +63,7 @@ interface Case {
   readonly long?: boolean
 }
 
-const queryClients = ["effect-dbpool", "postgres.js", "effect-sql-pg", "effect-sql-pg-multiplex", "pg-pool"]
+const queryClients = ["effect-dbpool", "effect-dbpool (SqlClient)", "postgres.js", "effect-sql-pg", "effect-sql-pg-multiplex", "pg-pool"]
 const pointScript = "\\set id random(1, 1000000)\nSELECT * FROM test_values WHERE id = :id;\n"
 const txnScript =
   "\\set id random(1, 1000000)\nBEGIN;\nSELECT * FROM test_values WHERE id = :id FOR UPDATE;\nUPDATE test_values SET val2 = val2 + 1 WHERE id = :id;\nEND;\n"
@@ -102,6 +102,7 @@ const runWorker = (url: string, client: string, c: Case, round: number): Promise
     const before = cpuTimes()
     const child = spawn(process.execPath, [
       "--experimental-strip-types",
+      "--conditions=@effect-dbpool/source",
       "--no-warnings",
       Path.join(here, "worker.ts"),
       client,

@@ -51,6 +51,7 @@ const main = Effect.gen(function*() {
   try {
     const run = spawnSync(process.execPath, [
       "--experimental-strip-types",
+      "--conditions=@effect-dbpool/source",
       "--no-warnings",
       "--cpu-prof",
       `--cpu-prof-dir=${dir}`,

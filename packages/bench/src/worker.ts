@@ -9,7 +9,7 @@
 import { PgClient } from "@effect/sql-pg"
 import { Effect, Layer, Queue, Redacted, Stream } from "effect"
 import { SqlClient } from "effect/sql"
-import { DbPool, Notifications, sql as dbsql, WritePool } from "effect-dbpool"
+import { DbPool, EffectSql, Notifications, sql as dbsql, WritePool } from "effect-dbpool"
 import pg from "pg"
 import pgListen from "pg-listen"
 import postgres from "postgres"
@@ -36,6 +36,29 @@ const lockText = "SELECT * FROM test_values WHERE id = $1 FOR UPDATE"
 const updateText = "UPDATE test_values SET val2 = val2 + 1 WHERE id = $1"
 
 type Run = (ms: number) => Promise<Sample>
+
+/** The operations through effect/sql's SqlClient (for @effect/sql-pg and for effect-dbpool's bridge alike). */
+const sqlClientOps = (sql: SqlClient.SqlClient) =>
+  workload === "point-select"
+    ? () => sql`SELECT * FROM test_values WHERE id = ${randomId(rows)}`
+    : workload === "write-transaction"
+    ? () => {
+      const id = randomId(rows)
+      return sql.withTransaction(
+        Effect.andThen(sql`SELECT * FROM test_values WHERE id = ${id} FOR UPDATE`, sql`UPDATE test_values SET val2 = val2 + 1 WHERE id = ${id}`)
+      )
+    }
+    : () => {
+      const id = randomId(rows)
+      // No partial transactions: the nearest is a transaction with a yield between its steps.
+      return sql.withTransaction(
+        Effect.gen(function*() {
+          yield* sql`SELECT * FROM test_values WHERE id = ${id} FOR UPDATE`
+          yield* Effect.yieldNow
+          yield* sql`UPDATE test_values SET val2 = val2 + 1 WHERE id = ${id}`
+        })
+      )
+    }
 
 /** Point select, write transaction, partial transaction: per client. */
 const queryWorkload = async (): Promise<{ run: Run; close: () => Promise<void> }> => {
@@ -71,6 +94,18 @@ const queryWorkload = async (): Promise<{ run: Run; close: () => Promise<void> }
       })
       return effectRunner(layer, op)
     }
+    case "effect-dbpool (SqlClient)": {
+      // effect/sql's SqlClient over effect-dbpool's write pool: the same operations as @effect/sql-pg's.
+      const layer = EffectSql.layer().pipe(
+        Layer.provideMerge(DbPool.layer({ url: Redacted.make(url), minSize: poolSize, maxSize: poolSize }))
+      )
+      const op = Effect.gen(function*() {
+        const pool = yield* WritePool
+        for (let i = 0; i < 1000 && (yield* pool.stats).idle < poolSize; i++) yield* Effect.sleep("10 millis")
+        return sqlClientOps(yield* SqlClient.SqlClient)
+      })
+      return effectRunner(layer, op)
+    }
     case "effect-sql-pg":
     case "effect-sql-pg-multiplex": {
       const layer = PgClient.layer({
@@ -79,29 +114,7 @@ const queryWorkload = async (): Promise<{ run: Run; close: () => Promise<void> }
         maxConnections: poolSize,
         multiplex: client === "effect-sql-pg-multiplex"
       })
-      const op = Effect.gen(function*() {
-        const sql = yield* SqlClient.SqlClient
-        return workload === "point-select"
-          ? () => sql`SELECT * FROM test_values WHERE id = ${randomId(rows)}`
-          : workload === "write-transaction"
-          ? () => {
-            const id = randomId(rows)
-            return sql.withTransaction(
-              Effect.andThen(sql`SELECT * FROM test_values WHERE id = ${id} FOR UPDATE`, sql`UPDATE test_values SET val2 = val2 + 1 WHERE id = ${id}`)
-            )
-          }
-          : () => {
-            const id = randomId(rows)
-            // No partial transactions: the nearest is a transaction with a yield between its steps.
-            return sql.withTransaction(
-              Effect.gen(function*() {
-                yield* sql`SELECT * FROM test_values WHERE id = ${id} FOR UPDATE`
-                yield* Effect.yieldNow
-                yield* sql`UPDATE test_values SET val2 = val2 + 1 WHERE id = ${id}`
-              })
-            )
-          }
-      })
+      const op = Effect.map(SqlClient.SqlClient, sqlClientOps)
       return effectRunner(layer, op)
     }
     case "postgres.js": {

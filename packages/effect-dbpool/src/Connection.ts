@@ -4,7 +4,7 @@
  *
  * @since 0.1.0
  */
-import type { Duration, Effect, Schema } from "effect"
+import type { Duration, Effect, Schema, Stream } from "effect"
 import type { DbError, RowDecodeError } from "./DbError.ts"
 import type { Statement } from "./Statement.ts"
 
@@ -121,6 +121,52 @@ export interface TransactionOptions {
 }
 
 /**
+ * Reads a result through a cursor, `batchSize` rows at a time (default 1000):
+ * memory holds at most two batches, whatever the result's size. The rows come
+ * as a `Stream`; ending or interrupting it closes the cursor.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Schema, Stream } from "effect"
+ * import { sql, WritePool } from "effect-dbpool"
+ *
+ * const Value = Schema.Struct({ id: Schema.Number, val1: Schema.Number })
+ * const total = WritePool.use((pool) =>
+ *   pool.stream(sql`SELECT id, val1 FROM test_values ORDER BY id`, Value, { batchSize: 5000 }).pipe(
+ *     Stream.runFold(() => 0, (sum, row) => sum + row.val1)
+ *   )
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ */
+export interface StreamRows {
+  (statement: Statement, options?: StreamOptions): Stream.Stream<Row, DbError>
+  <S extends Schema.Top>(
+    statement: Statement,
+    schema: S,
+    options?: StreamOptions
+  ): Stream.Stream<S["Type"], DbError | RowDecodeError, S["DecodingServices"]>
+}
+
+/**
+ * Options of {@link StreamRows}.
+ *
+ * @example
+ * ```ts
+ * import type { Connection } from "effect-dbpool"
+ *
+ * const options: Connection.StreamOptions = { batchSize: 10_000 }
+ * ```
+ *
+ * @since 0.1.0
+ */
+export interface StreamOptions {
+  /** Rows fetched per round trip. */
+  readonly batchSize?: number | undefined
+}
+
+/**
  * One connection, held exclusively while the interaction runs.
  *
  * @example
@@ -147,6 +193,8 @@ export interface Connection {
   readonly pid: number
   readonly run: Run
   readonly notify: Notify
+  /** Reads a result through a cursor on this connection (inside its transaction, if any); valid while the interaction runs. */
+  readonly stream: StreamRows
   /**
    * Runs `f` in a transaction on this connection: `BEGIN … COMMIT`, or a
    * savepoint when already inside one. Failure and interruption roll back.

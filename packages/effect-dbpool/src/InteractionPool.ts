@@ -4,7 +4,7 @@
  * @since 0.1.0
  */
 import type { Effect } from "effect"
-import type { Connection, Run, TransactionOptions } from "./Connection.ts"
+import type { Connection, Run, StreamRows, TransactionOptions } from "./Connection.ts"
 import type { DbError } from "./DbError.ts"
 
 /**
@@ -75,5 +75,12 @@ export interface InteractionPool {
     f: (connection: Connection) => Effect.Effect<A, E, R>,
     options?: TransactionOptions
   ) => Effect.Effect<A, E | DbError, R>
+  /**
+   * Reads a result as a `Stream` through a cursor, on a connection held for
+   * the stream's life (outside any transaction; inside one, use
+   * `conn.stream`). Ending or interrupting the stream closes the cursor and
+   * returns the connection clean.
+   */
+  readonly stream: StreamRows
   readonly stats: Effect.Effect<PoolStats>
 }

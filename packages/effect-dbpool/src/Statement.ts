@@ -219,19 +219,47 @@ export const sql: {
 } = Object.assign(template, { id, in: inList, join, json, text })
 
 /**
- * The SQL that would run, with every parameter inlined as a correctly quoted
- * Postgres literal. Needs no connection. Running the result returns the same
- * rows as running the statement.
+ * A statement of another builder that compiles itself to Postgres text with
+ * `$1`…`$n` placeholders and the values bound to them: an `effect/sql`
+ * statement of a client made by `EffectSql`.
  *
  * @example
  * ```ts
- * import { sql, Statement } from "effect-dbpool"
+ * import { Statement } from "effect-dbpool"
  *
- * Statement.dryRun(sql`SELECT * FROM test_values WHERE id = ${123};`)
- * // "SELECT * FROM test_values WHERE id = 123;"
+ * const compiled: Statement.Compilable = { compile: () => ["SELECT $1::int AS n", [1]] }
+ * Statement.dryRun(compiled) // "SELECT 1::int AS n"
  * ```
  *
  * @since 0.1.0
  */
-export const dryRun = (statement: Statement): string =>
-  mapPlaceholders(statement.text, (n) => n >= 1 && n <= statement.params.length ? literal(statement.params[n - 1]) : `$${n}`)
+export interface Compilable {
+  readonly compile: () => readonly [sql: string, params: ReadonlyArray<unknown>]
+}
+
+/**
+ * The SQL that would run, with every parameter inlined as a correctly quoted
+ * Postgres literal. Needs no connection. Running the result returns the same
+ * rows as running the statement. An `effect/sql` statement of an `EffectSql`
+ * client is rendered the same way, from what it compiles to.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { SqlClient } from "effect/sql"
+ * import { sql, Statement } from "effect-dbpool"
+ *
+ * Statement.dryRun(sql`SELECT * FROM test_values WHERE id = ${123};`)
+ * // "SELECT * FROM test_values WHERE id = 123;"
+ *
+ * const shown = SqlClient.SqlClient.use((esql) =>
+ *   Effect.succeed(Statement.dryRun(esql`SELECT * FROM test_values WHERE id IN ${esql.in([1, 2])}`))
+ * ) // "SELECT * FROM test_values WHERE id IN (1,2)"
+ * ```
+ *
+ * @since 0.1.0
+ */
+export const dryRun = (statement: Statement | Compilable): string => {
+  const [text, params] = isStatement(statement) ? [statement.text, statement.params] : statement.compile()
+  return mapPlaceholders(text, (n) => n >= 1 && n <= params.length ? literal(params[n - 1]) : `$${n}`)
+}

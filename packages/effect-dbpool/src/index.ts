@@ -11,6 +11,8 @@ export * as DbError from "./DbError.ts"
 /** @since 0.1.0 */
 export * as DbPool from "./DbPool.ts"
 /** @since 0.1.0 */
+export * as EffectSql from "./EffectSql.ts"
+/** @since 0.1.0 */
 export * as InteractionPool from "./InteractionPool.ts"
 /** @since 0.1.0 */
 export * as Notifications from "./Notifications.ts"

@@ -10,9 +10,9 @@
  * the transaction, whether the session was changed. Only the functions here
  * change them; the slots (who holds the connection) live in `slots.ts`.
  */
-import { Clock, Duration, Effect, Option, Redacted, Schema, type Scope } from "effect"
+import { Array as Arr, Cause, Clock, Duration, Effect, Option, Redacted, Schema, type Scope, Stream } from "effect"
 import postgres from "postgres"
-import type { Connection, Row, TransactionOptions } from "../Connection.ts"
+import type { Connection, Row, StreamOptions, TransactionOptions } from "../Connection.ts"
 import * as DbError from "../DbError.ts"
 import type { Statement, Value } from "../Statement.ts"
 import { arrayTypesQuery, installArrayParsers } from "./arrays.ts"
@@ -420,6 +420,129 @@ export const send = <A>(
   })
 }
 
+/** Why a cursor was closed early: ours, not the server's, so it says nothing about the connection. */
+const cursorClosed = new Error("effect-dbpool: cursor closed by its consumer")
+
+/**
+ * Reads a checked statement's rows through a cursor, `batchSize` at a time,
+ * on a connection the caller holds for the stream's life. The driver fetches
+ * the next batch only when the consumer asks for it, so one batch is in memory
+ * at a time. Closing the stream early (it ended, failed or was
+ * interrupted) closes the cursor: a suspended one is abandoned with a Sync,
+ * which leaves the connection ready; one still running on the server is
+ * cancelled as `execute` cancels, and the connection is retired when in doubt.
+ */
+export const stream = <E = never>(
+  conn: Conn,
+  prepared: Prepared,
+  batchSize: number,
+  decode: ((rows: ReadonlyArray<Row>) => Effect.Effect<ReadonlyArray<unknown>, E, unknown>) | undefined
+): Stream.Stream<unknown, DbError.DbError | E, unknown> =>
+  Stream.unwrap(Effect.gen(function*() {
+    if (prepared.changesSession) conn.sessionChanged = true
+    /** Batches delivered by the driver and not yet pulled (at most one, and the last). */
+    const batches: Array<ReadonlyArray<Row>> = []
+    /** The driver waits on this to fetch the next batch. */
+    let suspended: { readonly resume: () => void; readonly abandon: () => void } | undefined
+    let settled: Outcome | undefined
+    let outcome: Promise<Outcome> | undefined
+    let tracked: DriverQuery | undefined
+    let closing = false
+    /** A pull waiting for the driver. */
+    let waiting: (() => void) | undefined
+    const wake = () => {
+      const w = waiting
+      waiting = undefined
+      w?.()
+    }
+
+    const start = () => {
+      const query = conn.sql.unsafe(prepared.text, prepared.params, { prepare: true, simple: false } as postgres.UnsafeQueryOptions)
+      tracked = query as DriverQuery // the driver's query carries `state` at run time, untyped
+      conn.inflight.add(tracked)
+      const cursor = query.cursor(Math.max(1, Math.floor(batchSize)), (rows: ReadonlyArray<Row>) => {
+        if (closing) return Promise.reject(cursorClosed)
+        // Suspended before the consumer is woken: waking may run it (and its finalizer) to the end inside this call.
+        const wait = new Promise<void>((resolve, reject) => {
+          suspended = { resume: resolve, abandon: () => reject(cursorClosed) }
+        })
+        // The driver does not await the last batch's promise (it comes with the end of the result): abandoning
+        // that one must not be an unhandled rejection.
+        wait.catch(() => {})
+        if (rows.length > 0) batches.push(plainRows(rows))
+        wake()
+        return wait
+      })
+      // `cursor(n, fn)` returns the query itself: a promise of the end of the result.
+      outcome = Promise.resolve(cursor as unknown as PromiseLike<unknown>).then(
+        (): Outcome => {
+          conn.inflight.delete(tracked!)
+          settled = { ok: true, rows: [] as unknown as postgres.RowList<Array<postgres.Row>> } // no rows: they went by batch
+          wake()
+          return settled
+        },
+        (error: unknown): Outcome => {
+          conn.inflight.delete(tracked!)
+          // Abandoned by us: the server only saw a Sync; the connection and its transaction are fine.
+          if (error !== cursorClosed) noteFailure(conn, error)
+          settled = { ok: false, error }
+          wake()
+          return settled
+        }
+      )
+    }
+
+    yield* Effect.addFinalizer(() =>
+      Effect.suspend(() => {
+        if (outcome === undefined || settled !== undefined) return Effect.void
+        closing = true
+        const s = suspended
+        suspended = undefined
+        if (s !== undefined) {
+          // Suspended between batches: nothing runs on the server; the driver sends a Sync, which ends the portal,
+          // and queues whatever comes next behind it.
+          s.abandon()
+          return Effect.flatMap(Effect.timeoutOption(Effect.promise(() => outcome!), cancelGraceMillis), (settled) =>
+            Option.isNone(settled) ? Effect.sync(() => markDead(conn)) : Effect.void)
+        }
+        return cancelAndSettle(conn, tracked!, outcome)
+      })
+    )
+
+    const next: Effect.Effect<ReadonlyArray<Row>, DbError.DbError | Cause.Done> = Effect.callback((resume) => {
+      const deliver = () => {
+        const batch = batches.shift()
+        if (batch !== undefined) return resume(Effect.succeed(batch))
+        if (settled !== undefined) {
+          if (settled.ok) return resume(Cause.done())
+          const error = settled.error
+          return resume(Effect.fail(conn.wire === "dead" && !isConnectionFailure(error) ? lost(conn, prepared.text) : fromDriver(error, prepared.text)))
+        }
+        waiting = deliver
+      }
+      if (outcome === undefined) {
+        if (conn.wire === "dead") return resume(Effect.fail(lost(conn, prepared.text)))
+        start()
+      } else if (batches.length === 0 && suspended !== undefined) {
+        // Asked for more: only now does the driver fetch the next batch, so a consumer that stops leaves the
+        // cursor suspended (closed with a Sync, the connection ready) rather than running.
+        const s = suspended
+        suspended = undefined
+        s.resume()
+      }
+      deliver()
+      return Effect.sync(() => {
+        waiting = undefined
+      })
+    })
+
+    const pull = decode === undefined ? next : Effect.flatMap(next, decode)
+    const nonEmpty = Effect.flatMap(pull, function loop(batch): Effect.Effect<Arr.NonEmptyReadonlyArray<unknown>, DbError.DbError | E | Cause.Done, unknown> {
+      return Arr.isReadonlyArrayNonEmpty(batch) ? Effect.succeed(batch) : Effect.flatMap(pull, loop)
+    })
+    return Stream.fromPull(Effect.succeed(nonEmpty))
+  }))
+
 /**
  * Plain arrays of plain objects: the driver's RowList carries extra fields
  * users should not depend on. Holes are skipped: postgres.js 3.4.9 does not
@@ -457,6 +580,20 @@ export const runPrepared = (
 /** Notes what a checked statement does to the session, for a caller that sends it itself (the effect/sql bridge). */
 export const noteSessionChange = (conn: Conn, prepared: Prepared): void => {
   if (prepared.changesSession) conn.sessionChanged = true
+}
+
+/** A user statement's rows as a stream on a held connection (`schemaOrOptions`: the overloads of `StreamRows`). */
+export const streamStatement = (
+  conn: Conn,
+  statement: Statement,
+  schemaOrOptions?: Schema.Top | StreamOptions,
+  options?: StreamOptions
+): Stream.Stream<unknown, DbError.DbError | DbError.RowDecodeError, unknown> => {
+  const prepared = prepare(statement)
+  if (prepared instanceof DbError.InvalidInput) return Stream.fail(prepared)
+  const schema = Schema.isSchema(schemaOrOptions) ? schemaOrOptions : undefined
+  const batchSize = (schema === undefined ? (schemaOrOptions as StreamOptions | undefined) : options)?.batchSize ?? 1000 // not a schema: the options
+  return stream(conn, prepared, batchSize, schema === undefined ? undefined : decodeRows(schema, prepared.text))
 }
 
 /** Runs a user statement on a held connection, optionally decoding its rows. */
@@ -704,7 +841,10 @@ export const handle = (
     // Likewise for Connection["notify"].
     notify: ((channel: string, payload: unknown, schema?: Schema.Top) =>
       held(() => notify(conn, channel, payload, schema))) as Connection["notify"],
-    transaction: (f, options) => held(() => transaction(conn, f, transactionOptions(options), connection))
+    transaction: (f, options) => held(() => transaction(conn, f, transactionOptions(options), connection)),
+    // Likewise for Connection["stream"].
+    stream: ((statement: Statement, schemaOrOptions?: Schema.Top | StreamOptions, options?: StreamOptions) =>
+      Stream.unwrap(held(() => Effect.succeed(streamStatement(conn, statement, schemaOrOptions, options))))) as Connection["stream"]
   }
   return connection
 }

@@ -3,8 +3,8 @@
  * on connections leased from the slots (see slots.ts), rolling back or
  * resetting whatever a holder left before a connection goes back.
  */
-import { Clock, Context, type Duration, Effect, LogLevel, References, type Schema, type Scope, Semaphore } from "effect"
-import type { Connection, TransactionOptions } from "../Connection.ts"
+import { Clock, Context, type Duration, Effect, LogLevel, References, type Schema, type Scope, Semaphore, Stream } from "effect"
+import type { Connection, StreamOptions, TransactionOptions } from "../Connection.ts"
 import * as DbError from "../DbError.ts"
 import type { InteractionPool, PoolStats } from "../InteractionPool.ts"
 import type { PartialTransaction } from "../PartialTransaction.ts"
@@ -27,6 +27,23 @@ export interface Settings extends Conn.ConnectOptions {
 export interface PoolImpl extends InteractionPool {
   readonly partialTransaction: (options?: TransactionOptions) => Effect.Effect<PartialTransaction, DbError.DbError, Scope.Scope>
 }
+
+/**
+ * What the effect/sql bridge (effectSql.ts) needs of a pool beyond its public
+ * interface: a connection held exclusively until a scope closes (then checked
+ * in like any other: rolled back and reset first if its holder left a
+ * transaction or session settings), and whether the pool is read-only.
+ */
+export interface Internals {
+  readonly readOnly: boolean
+  readonly server: string
+  readonly lease: Effect.Effect<Conn.Conn, DbError.DbError, Scope.Scope>
+}
+
+const internalsByPool = new WeakMap<object, Internals>()
+
+/** The internals of a pool made by {@link make}; undefined for anything else. */
+export const internals = (pool: object): Internals | undefined => internalsByPool.get(pool)
 
 /** A step of a partial transaction that is running, and whether it still is. */
 interface Step {
@@ -221,6 +238,20 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
       })
     )
 
+    const stream = (statement: Statement, schemaOrOptions?: Schema.Top | StreamOptions, options?: StreamOptions) => {
+      // Checked before a connection is acquired, as `run` does.
+      const prepared = Conn.prepare(statement)
+      if (prepared instanceof DbError.InvalidInput) return Stream.fail(prepared)
+      return Stream.unwrap(Effect.gen(function*() {
+        // Held for the stream's life; the cursor's own finalizer (inner scope) closes it before the check-in.
+        const lease = yield* Effect.uninterruptibleMask((restore) =>
+          Effect.flatMap(restore(slots.acquire("exclusive")), (lease) =>
+            Effect.as(Effect.addFinalizer(() => checkIn(lease, "exclusive")), lease))
+        )
+        return Conn.streamStatement(lease.conn, statement, schemaOrOptions, options)
+      }))
+    }
+
     const impl: PoolImpl = {
       name: settings.name,
       // The overloads of InteractionPool["run"] are implemented by this one signature.
@@ -229,8 +260,18 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
       transaction: (f, options) =>
         withLease(() => "transaction", "exclusive", (lease) =>
           withHandle(lease.conn, (connection) => Conn.transaction(lease.conn, f, transactionOptions(options), connection))),
+      // The overloads of InteractionPool["stream"] are implemented by this one signature.
+      stream: stream as InteractionPool["stream"],
       stats,
       partialTransaction
     }
+    internalsByPool.set(impl, {
+      readOnly: settings.readOnly,
+      server: settings.server,
+      lease: Effect.uninterruptibleMask((restore) =>
+        Effect.flatMap(restore(slots.acquire("exclusive")), (lease) =>
+          Effect.as(Effect.addFinalizer(() => checkIn(lease, "exclusive")), lease.conn))
+      )
+    })
     return impl
   })
