@@ -7,10 +7,12 @@
  * @since 0.1.0
  */
 import { Config as C, Context, Duration, Effect, Layer, Option, Redacted, type Schedule } from "effect"
+import * as Net from "node:net"
 import * as Listener from "./internal/listener.ts"
 import * as NotificationsImpl from "./internal/notifications.ts"
 import * as Pool from "./internal/pool.ts"
 import * as Slots from "./internal/slots.ts"
+import * as Telemetry from "./internal/telemetry.ts"
 import { Notifications, type NotificationsService } from "./Notifications.ts"
 import { ReadPool } from "./ReadPool.ts"
 import * as DbError from "./DbError.ts"
@@ -140,25 +142,63 @@ export type Ssl =
     readonly key?: Redacted.Redacted<string> | undefined
   }
 
-const driverSsl = (ssl: Ssl | undefined): Pool.Settings["ssl"] => {
-  if (ssl === undefined) return undefined
-  if (ssl === "disable") return false
-  if (typeof ssl === "string") return ssl
-  return {
-    rejectUnauthorized: ssl.mode === "verify-full",
-    ...(ssl.ca === undefined ? {} : { ca: ssl.ca }),
-    ...(ssl.cert === undefined ? {} : { cert: ssl.cert }),
-    ...(ssl.key === undefined ? {} : { key: Redacted.value(ssl.key) })
+/**
+ * The URL's `sslmode` as an {@link Ssl}, so that both drivers read it alike, as postgres.js does (node-postgres reads
+ * `require` as `verify-full`). `verify-ca` is checked as `verify-full`, as both drivers do; `prefer` and `allow`, which
+ * may fall back to a plain connection, are left to the drivers.
+ */
+const urlSsl = (url: Redacted.Redacted<string>): Ssl | undefined => {
+  let mode: string | null
+  try {
+    mode = new URL(Redacted.value(url)).searchParams.get("sslmode")
+  } catch {
+    return undefined
+  }
+  if (mode === "disable" || mode === "require" || mode === "verify-full") return mode
+  return mode === "verify-ca" ? "verify-full" : undefined
+}
+
+/**
+ * The URL's host when it is an IP address. postgres.js then gives `tls.connect` no name (no SNI for an IP address),
+ * and Node checks the certificate against "localhost": given `host`, it checks it against the address.
+ */
+const ipHost = (url: Redacted.Redacted<string>): string | undefined => {
+  try {
+    const host = new URL(Redacted.value(url)).hostname.replace(/^\[(.*)\]$/, "$1")
+    return Net.isIP(host) === 0 ? undefined : host
+  } catch {
+    return undefined
   }
 }
 
+/** `tls.connect` options (both drivers take them) for the checking modes and the object form. */
+const tlsOptions = (ssl: Exclude<Ssl, "disable" | "require">, url: Redacted.Redacted<string>) => {
+  const o = typeof ssl === "string" ? { mode: ssl } : ssl
+  const host = o.mode === "verify-full" ? ipHost(url) : undefined
+  return {
+    rejectUnauthorized: o.mode === "verify-full",
+    ...(host === undefined ? {} : { host }),
+    ...(o.ca === undefined ? {} : { ca: o.ca }),
+    ...(o.cert === undefined ? {} : { cert: o.cert }),
+    ...(o.key === undefined ? {} : { key: Redacted.value(o.key) })
+  }
+}
+
+const driverSsl = (option: Ssl | undefined, url: Redacted.Redacted<string>): Pool.Settings["ssl"] => {
+  const ssl = option ?? urlSsl(url)
+  if (ssl === undefined) return undefined
+  if (ssl === "disable") return false
+  if (ssl === "require") return ssl
+  return tlsOptions(ssl, url)
+}
+
 /** The same TLS settings in node-postgres's terms (the listener's driver). */
-const listenerSsl = (ssl: Ssl | undefined): Listener.ListenerSettings["ssl"] => {
+const listenerSsl = (option: Ssl | undefined, url: Redacted.Redacted<string>): Listener.ListenerSettings["ssl"] => {
+  const ssl = option ?? urlSsl(url)
   if (ssl === undefined) return undefined
   if (ssl === "disable") return false
   if (ssl === "require") return { rejectUnauthorized: false }
-  if (ssl === "verify-full") return { rejectUnauthorized: true }
-  return driverSsl(ssl) as Exclude<Pool.Settings["ssl"], string | boolean | undefined> // the object form: tls.connect options for both
+  return tlsOptions(ssl, url)
 }
 
 /** Server settings sent at connect: the timeouts (in milliseconds, their unit) and the user's own. */
@@ -255,8 +295,9 @@ const settings = (config: Config, name: string, kind: "write" | "read"): Pool.Se
     applicationName: config.applicationName ?? "effect-dbpool",
     startupSettings: startupSettings(config),
     password: config.password,
-    ssl: driverSsl(config.ssl),
-    prepare: config.prepare ?? true
+    ssl: driverSsl(config.ssl, url),
+    prepare: config.prepare ?? true,
+    target: Telemetry.target(`${name}/${kind}`, Redacted.value(url))
   }
 }
 
@@ -293,13 +334,13 @@ const build = <W, R, N>(name: string, keys: Keys<W, R, N>, config: Config) =>
       applicationName: writeSettings.applicationName,
       connectTimeoutMillis: writeSettings.connectTimeoutMillis,
       password: config.password,
-      ssl: listenerSsl(config.ssl),
+      ssl: listenerSsl(config.ssl, writeSettings.url),
       reconnect: config.listenReconnect ?? Listener.defaultReconnect,
       healthCheckInterval: Duration.fromInputUnsafe(config.listenHealthCheckInterval ?? "5 seconds")
     })
     return Context.make(keys.write, w).pipe(
       Context.add(keys.read, r),
-      Context.add(keys.notifications, NotificationsImpl.make(listener, w))
+      Context.add(keys.notifications, NotificationsImpl.make(listener, w, writeSettings.target))
     )
   })
 

@@ -19,6 +19,7 @@ import { arrayTypesQuery, installArrayParsers } from "./arrays.ts"
 import { fromDriver, isConnectionFailure, sqlStateClass } from "./errors.ts"
 import { arrayText, arrayTypeOid, isJsonObject, Json } from "./literal.ts"
 import * as Notify from "./notify.ts"
+import * as Telemetry from "./telemetry.ts"
 import { classify } from "./sqlText.ts"
 
 /** How to open connections; derived from the pool's config. */
@@ -101,6 +102,10 @@ const socketClosed = (conn: Conn): void => {
 
 /** Can the connection take more work (now = the pool clock's milliseconds)? */
 export const reusable = (conn: Conn, now: number): boolean => conn.wire === "ready" && now < conn.expiresAt
+
+/** Why a connection that is not `reusable` must go (for the discarded-connections metric). */
+export const retireCause = (conn: Conn): "dead" | "doubtful" | "lifetime" =>
+  conn.wire === "dead" ? "dead" : conn.wire === "ready" ? "lifetime" : "doubtful"
 
 /** Does it need a rollback or a session reset before it goes back? */
 export const needsCleanup = (conn: Conn): boolean => conn.wire !== "dead" && (conn.txDepth > 0 || conn.sessionChanged)
@@ -596,6 +601,12 @@ export const streamStatement = (
   return stream(conn, prepared, batchSize, schema === undefined ? undefined : decodeRows(schema, prepared.text))
 }
 
+/** A statement's span: named by its operation, with its text (never its values). */
+export const traced = <A, E, R>(target: Telemetry.Target, text: string, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => {
+  const operation = Telemetry.operationOf(text)
+  return Telemetry.span(target, operation, Telemetry.statementAttributes(text, operation), effect)
+}
+
 /** Runs a user statement on a held connection, optionally decoding its rows. */
 export const run = (conn: Conn, statement: Statement, schema?: Schema.Top): Effect.Effect<ReadonlyArray<unknown>, DbError.DbError | DbError.RowDecodeError, unknown> => {
   const prepared = prepare(statement)
@@ -830,14 +841,18 @@ const returned = new DbError.InvalidInput({
 export const handle = (
   conn: Conn,
   valid: () => boolean,
-  transactionOptions: (options: TransactionOptions | undefined) => TransactionOptions | undefined = (o) => o
+  transactionOptions: (options: TransactionOptions | undefined) => TransactionOptions | undefined = (o) => o,
+  target?: Telemetry.Target
 ): Connection => {
   const held = <A, E, R>(effect: () => Effect.Effect<A, E, R>): Effect.Effect<A, E | DbError.InvalidInput, R> =>
     Effect.suspend((): Effect.Effect<A, E | DbError.InvalidInput, R> => (valid() ? effect() : Effect.fail(returned)))
   const connection: Connection = {
     pid: conn.pid,
     // The overloads of Connection["run"] are implemented by this one signature.
-    run: ((statement: Statement, schema?: Schema.Top) => held(() => run(conn, statement, schema))) as Connection["run"],
+    run: ((statement: Statement, schema?: Schema.Top) =>
+      held(() =>
+        target === undefined ? run(conn, statement, schema) : traced(target, statement.text, run(conn, statement, schema))
+      )) as Connection["run"],
     // Likewise for Connection["notify"].
     notify: ((channel: string, payload: unknown, schema?: Schema.Top) =>
       held(() => notify(conn, channel, payload, schema))) as Connection["notify"],

@@ -6,11 +6,12 @@
  * It is a node-postgres client rather than postgres.js: postgres.js drops the
  * sending backend's pid from notifications, and subscribers get the pid.
  */
-import { Cause, Deferred, Duration, Effect, Exit, Fiber, Queue, Redacted, Schedule, Scope, Semaphore } from "effect"
+import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, Queue, Redacted, Schedule, Scope, Semaphore } from "effect"
 import pg from "pg"
 import * as DbError from "../DbError.ts"
 import type { ListenEvent, ListenerStats } from "../Notifications.ts"
 import { quoteIdentifier } from "./literal.ts"
+import * as Telemetry from "./telemetry.ts"
 
 export interface ListenerSettings {
   readonly name: string
@@ -71,6 +72,25 @@ const query = (client: pg.Client, text: string) =>
     Effect.asVoid
   )
 
+/** The URL parameters from which node-postgres makes its own `ssl` setting. */
+const urlSslParameters = ["ssl", "sslmode", "sslcert", "sslkey", "sslrootcert"]
+
+/**
+ * The URL for node-postgres: without its ssl parameters when the `ssl` option is given, which they would override
+ * (postgres.js, the pool's driver, lets the option win).
+ */
+const connectionString = (url: string, ssl: ListenerSettings["ssl"]): string => {
+  if (ssl === undefined) return url
+  try {
+    const u = new URL(url)
+    if (!urlSslParameters.some((name) => u.searchParams.has(name))) return url
+    for (const name of urlSslParameters) u.searchParams.delete(name)
+    return u.toString()
+  } catch {
+    return url
+  }
+}
+
 export const make = (settings: ListenerSettings): Effect.Effect<Listener, never, Scope.Scope> =>
   Effect.gen(function*() {
     const scope = yield* Effect.scope
@@ -86,6 +106,9 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
     /** Numbers each connection attempt; a client's notifications carry the number of the session it serves. */
     let attempts = 0
     const counters = { delivered: 0, dropped: 0 }
+    const metrics = Telemetry.listenerMetrics(settings.name, yield* Effect.context<never>())
+    /** When the listening connection was last found lost (ms), until it listens again. */
+    let lostAt: number | undefined
 
     const deliver = (session: number, message: pg.Notification) => {
       const subscribers = channels.get(message.channel)
@@ -134,7 +157,7 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
       // Interrupted while connecting (the pool closing during a reconnect), the client must not live on.
       try: async (signal) => {
         const c = new pg.Client({
-          connectionString: Redacted.value(settings.url),
+          connectionString: connectionString(Redacted.value(settings.url), settings.ssl),
           application_name: settings.applicationName,
           connectionTimeoutMillis: settings.connectTimeoutMillis,
           keepAlive: true,
@@ -233,6 +256,10 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
     const session = Effect.gen(function*() {
       const { client: c, lost, onNotification } = yield* Effect.retry(attempt, settings.reconnect)
       sessions++
+      if (lostAt !== undefined) {
+        metrics.resubscribed((yield* Clock.currentTimeMillis) - lostAt)
+        lostAt = undefined
+      }
       if (sessions > 1) {
         yield* Effect.logInfo("effect-dbpool: listener reconnected").pipe(
           Effect.annotateLogs({ pool: settings.name, channels: listened.size })
@@ -240,6 +267,7 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
       }
       // Either the socket reports the loss or a round trip fails or times out.
       yield* Effect.raceFirst(Deferred.await(lost), Effect.ignore(healthCheck(c)))
+      lostAt = yield* Clock.currentTimeMillis
       yield* lock.withPermits(1)(Effect.sync(() => {
         client = undefined
         clientPid = undefined
@@ -316,7 +344,7 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
     const stats = Effect.sync((): ListenerStats => {
       let subscribers = 0
       for (const set of channels.values()) subscribers += set.size
-      return {
+      const s: ListenerStats = {
         pool: settings.name,
         connected: client !== undefined,
         channels: [...listened],
@@ -325,7 +353,11 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
         dropped: counters.dropped,
         reconnects: Math.max(0, sessions - 1)
       }
+      metrics.sample(s)
+      return s
     })
+    // Metrics are sampled from the figures periodically (and whenever they are read), not per notification.
+    yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sleep(Telemetry.sampleEvery), stats)))
 
     return { subscribe, unsubscribe, stats, pid: Effect.sync(() => clientPid) }
   })

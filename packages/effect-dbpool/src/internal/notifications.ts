@@ -9,6 +9,7 @@ import type { ListenEvent, ListenOptions, NotificationsService } from "../Notifi
 import type { Listener, Subscriber } from "./listener.ts"
 import { validateChannel } from "./listener.ts"
 import * as Notify from "./notify.ts"
+import * as Telemetry from "./telemetry.ts"
 
 const rawStream = (listener: Listener, channel: string, options: ListenOptions | undefined) =>
   Stream.suspend(() => {
@@ -63,7 +64,7 @@ const decoding = <S extends Schema.Top>(channel: string, schema: S, onDecodeErro
   }
 }
 
-export const make = (listener: Listener, write: InteractionPool): NotificationsService => {
+export const make = (listener: Listener, write: InteractionPool, target: Telemetry.Target): NotificationsService => {
   const listen = (channel: string, schemaOrOptions?: Schema.Top | ListenOptions, maybeOptions?: ListenOptions) => {
     if (Schema.isSchema(schemaOrOptions)) {
       const options = maybeOptions
@@ -75,7 +76,12 @@ export const make = (listener: Listener, write: InteractionPool): NotificationsS
     return rawStream(listener, channel, schemaOrOptions)
   }
   const notify = (channel: string, payload: unknown, schema?: Schema.Top) =>
-    Effect.flatMap(Notify.prepare(channel, payload, schema), (statement) => Effect.asVoid(write.run(statement)))
+    Telemetry.span(
+      target,
+      "notify",
+      { "db.operation.name": "NOTIFY", "effect_dbpool.channel": channel },
+      Effect.flatMap(Notify.prepare(channel, payload, schema), (statement) => Effect.asVoid(write.run(statement)))
+    )
   return {
     // The overloads of NotificationsService are implemented by these signatures.
     listen: listen as NotificationsService["listen"],

@@ -11,6 +11,7 @@ import type { PartialTransaction } from "../PartialTransaction.ts"
 import type { Statement } from "../Statement.ts"
 import * as Conn from "./connection.ts"
 import * as Slots from "./slots.ts"
+import * as Telemetry from "./telemetry.ts"
 
 /** Everything one pool needs, resolved from the user's config. */
 export interface Settings extends Conn.ConnectOptions {
@@ -21,6 +22,7 @@ export interface Settings extends Conn.ConnectOptions {
   readonly acquireTimeout: Duration.Duration
   readonly idleTimeout: Duration.Duration
   readonly pipelining: Slots.Pipelining
+  readonly target: Telemetry.Target
 }
 
 /** The write pool's shape; the read pool exposes the `InteractionPool` part only. */
@@ -91,19 +93,24 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
         })
       )
 
+    /** `operation`: what the duration metric calls it (`SELECT`, `interaction`, `transaction`). */
     const withLease = <A, E, R>(
       what: () => string,
+      operation: string,
       mode: Slots.Mode,
       f: (lease: Slots.Lease) => Effect.Effect<A, E, R>
     ): Effect.Effect<A, E | DbError.DbError, R> =>
       Effect.withFiber((fiber) => {
+        const start = clock.currentTimeMillisUnsafe()
         const interaction = Effect.uninterruptibleMask((restore) =>
           Effect.flatMap(restore(slots.acquire(mode)), (lease) =>
-            Effect.onExit(restore(f(lease)), () => checkIn(lease, mode)))
+            Effect.onExit(restore(f(lease)), () => {
+              slots.metrics.operation(operation, clock.currentTimeMillisUnsafe() - start)
+              return checkIn(lease, mode)
+            }))
         )
-        // The debug line costs a clock read and a log record per interaction: only when someone will see it.
+        // The debug line costs a log record per interaction: only when someone will see it.
         if (!LogLevel.isGreaterThanOrEqualTo("Debug", fiber.getRef(References.MinimumLogLevel))) return interaction
-        const start = clock.currentTimeMillisUnsafe()
         return Effect.onExit(interaction, (exit) => logInteraction(what(), start, exit._tag === "Success"))
       })
 
@@ -115,7 +122,7 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
     ): Effect.Effect<A, E, R> =>
       Effect.suspend(() => {
         let live = true
-        const connection = Conn.handle(conn, () => live && valid(), transactionOptions)
+        const connection = Conn.handle(conn, () => live && valid(), transactionOptions, settings.target)
         return Effect.ensuring(f(connection), Effect.sync(() => {
           live = false
         }))
@@ -124,7 +131,7 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
     const runLeased = (prepared: Conn.Prepared, schema: Schema.Top | undefined) => {
       // A statement that changes the session must not change it under pipelined neighbours.
       const mode: Slots.Mode = prepared.changesSession ? "exclusive" : "shared"
-      return withLease(() => preview(prepared.text), mode, (lease) =>
+      return withLease(() => preview(prepared.text), Telemetry.operationOf(prepared.text), mode, (lease) =>
         Conn.runPrepared(lease.conn, prepared, schema, mode === "shared" ? () => !slots.alone(lease) : undefined))
     }
 
@@ -138,10 +145,12 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
     const runFast = (prepared: Conn.Prepared): Effect.Effect<ReadonlyArray<unknown>, DbError.DbError> =>
       Effect.callback<ReadonlyArray<unknown>, DbError.DbError>((resume) => {
         const lease = slots.tryAcquire("shared")
+        const operation = Telemetry.operationOf(prepared.text)
         if (lease === undefined) {
-          return resume(withLease(() => preview(prepared.text), "shared", (lease) =>
+          return resume(withLease(() => preview(prepared.text), operation, "shared", (lease) =>
             Effect.map(Conn.execute(lease.conn, prepared.text, prepared.params, () => !slots.alone(lease)), Conn.plainRows)))
         }
+        const start = clock.currentTimeMillisUnsafe()
         return Conn.send(
           lease.conn,
           prepared.text,
@@ -149,7 +158,10 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
           resume,
           Conn.plainRows,
           () => !slots.alone(lease),
-          () => slots.release(lease, "shared", true)
+          () => {
+            slots.metrics.operation(operation, clock.currentTimeMillisUnsafe() - start)
+            slots.release(lease, "shared", true)
+          }
         )
       })
 
@@ -157,13 +169,15 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
       // Checked before a connection is acquired: a refused statement never holds one.
       const prepared = Conn.prepare(statement)
       if (prepared instanceof DbError.InvalidInput) return Effect.fail(prepared)
-      if (schema !== undefined || prepared.changesSession) return runLeased(prepared, schema)
-      return Effect.withFiber((fiber) =>
+      return Effect.withFiber((fiber) => {
+        // Traced, the statement's span covers its wait for a connection and its run.
+        if (Telemetry.tracing(fiber)) return Conn.traced(settings.target, prepared.text, runLeased(prepared, schema))
         // The debug line of the leased path is wanted: take that path.
-        LogLevel.isGreaterThanOrEqualTo("Debug", fiber.getRef(References.MinimumLogLevel))
-          ? runLeased(prepared, undefined)
+        return schema !== undefined || prepared.changesSession ||
+            LogLevel.isGreaterThanOrEqualTo("Debug", fiber.getRef(References.MinimumLogLevel))
+          ? runLeased(prepared, schema)
           : runFast(prepared)
-      )
+      })
     }
 
     const partialTransaction = (options?: TransactionOptions) =>
@@ -211,15 +225,16 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
         const partial: PartialTransaction = {
           pid: conn.pid,
           // The overloads of PartialTransaction["run"] are implemented by this one signature.
-          run: ((statement: Statement, schema?: Schema.Top) => step(Conn.run(conn, statement, schema))) as PartialTransaction["run"],
+          run: ((statement: Statement, schema?: Schema.Top) =>
+            step(Conn.traced(settings.target, statement.text, Conn.run(conn, statement, schema)))) as PartialTransaction["run"],
           // Likewise for PartialTransaction["notify"].
           notify: ((channel: string, payload: unknown, schema?: Schema.Top) =>
             step(Conn.notify(conn, channel, payload, schema))) as PartialTransaction["notify"],
           interaction: <A, E, R>(f: (connection: Connection) => Effect.Effect<A, E, R>) =>
             step(withHandle(conn, f, () => state === "open")),
           // Both are uninterruptible once their statement is sent: the connection's state is then known.
-          commit: finish("committed", Conn.commit(conn)),
-          rollback: finish("rolled back", Conn.rollback(conn))
+          commit: finish("committed", Telemetry.span(settings.target, "COMMIT", { "db.operation.name": "COMMIT" }, Conn.commit(conn))),
+          rollback: finish("rolled back", Telemetry.span(settings.target, "ROLLBACK", { "db.operation.name": "ROLLBACK" }, Conn.rollback(conn)))
         }
         return partial
       })
@@ -256,10 +271,16 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
       name: settings.name,
       // The overloads of InteractionPool["run"] are implemented by this one signature.
       run: run as InteractionPool["run"],
-      interaction: (f) => withLease(() => "function", "exclusive", (lease) => withHandle(lease.conn, f)),
+      interaction: (f) =>
+        Telemetry.span(settings.target, "interaction", {}, withLease(() => "function", "interaction", "exclusive", (lease) => withHandle(lease.conn, f))),
       transaction: (f, options) =>
-        withLease(() => "transaction", "exclusive", (lease) =>
-          withHandle(lease.conn, (connection) => Conn.transaction(lease.conn, f, transactionOptions(options), connection))),
+        Telemetry.span(
+          settings.target,
+          "transaction",
+          {},
+          withLease(() => "transaction", "transaction", "exclusive", (lease) =>
+            withHandle(lease.conn, (connection) => Conn.transaction(lease.conn, f, transactionOptions(options), connection)))
+        ),
       // The overloads of InteractionPool["stream"] are implemented by this one signature.
       stream: stream as InteractionPool["stream"],
       stats,

@@ -24,6 +24,7 @@
 import { Cause, Clock, Duration, Effect, Exit, FiberSet, Scope } from "effect"
 import * as DbError from "../DbError.ts"
 import * as Conn from "./connection.ts"
+import * as Telemetry from "./telemetry.ts"
 
 export type Mode = "exclusive" | "shared"
 
@@ -111,6 +112,7 @@ export interface SlotsSettings {
   readonly acquireTimeout: Duration.Duration
   readonly idleTimeout: Duration.Duration
   readonly pipelining: Pipelining
+  readonly target: Telemetry.Target
 }
 
 export interface Counts {
@@ -132,6 +134,7 @@ export interface Slots {
   /** Is this shared lease the only statement on its connection (so a cancel request can only hit it)? */
   readonly alone: (lease: Lease) => boolean
   readonly counts: () => Counts
+  readonly metrics: Telemetry.PoolMetrics
 }
 
 export const make = (
@@ -140,6 +143,8 @@ export const make = (
 ): Effect.Effect<Slots, never, Scope.Scope> =>
   Effect.gen(function*() {
     const clock = yield* Clock.Clock
+    // Metrics go to the registry of the context the pool was built in.
+    const metrics = Telemetry.poolMetrics(settings.target, yield* Effect.context<never>())
     // Connects, closes and maintenance run in the pool's scope with the context the pool was built in (its logger,
     // tracer, clock); releasing the pool interrupts them and waits for them.
     const fibers = yield* FiberSet.make()
@@ -161,14 +166,18 @@ export const make = (
     const fillDepth = Math.min(maxDepth, settings.pipelining.fillDepth)
 
     const size = () => slots.size + opening
-    const counts = (): Counts => ({
-      idle: idle.length,
-      used: slots.size - idle.length,
-      pending: waiters.length,
-      min: settings.minSize,
-      max: settings.maxSize,
-      serverMax: settings.serverMax
-    })
+    const counts = (): Counts => {
+      const c: Counts = {
+        idle: idle.length,
+        used: slots.size - idle.length,
+        pending: waiters.length,
+        min: settings.minSize,
+        max: settings.maxSize,
+        serverMax: settings.serverMax
+      }
+      metrics.sample(c)
+      return c
+    }
 
     // -- transitions ----------------------------------------------------------
 
@@ -178,8 +187,10 @@ export const make = (
       idle.push(slot)
     }
 
-    const toClosing = (slot: Slot) => {
+    /** Retires a connection; `cause` when it is discarded (rather than closed with the pool). */
+    const toClosing = (slot: Slot, cause?: Telemetry.DiscardCause) => {
       if (slot.state === "closing") return
+      if (cause !== undefined) metrics.discarded(cause)
       if (slot.state === "shared") shared.delete(slot)
       slot.state = "closing"
       slots.delete(slot)
@@ -205,7 +216,7 @@ export const make = (
       while (idle.length > 0) {
         const slot = idle.pop()!
         if (Conn.reusable(slot.conn, now)) return slot
-        toClosing(slot)
+        toClosing(slot, Conn.retireCause(slot.conn))
       }
       return undefined
     }
@@ -299,8 +310,9 @@ export const make = (
       Effect.uninterruptibleMask((restore) =>
         Effect.gen(function*() {
           const scope = yield* Scope.make()
-          const exit = yield* Effect.exit(restore(Scope.provide(open, scope)))
+          const exit = yield* Effect.exit(restore(Scope.provide(Telemetry.span(settings.target, "connect", {}, open), scope)))
           opening--
+          if (exit._tag === "Failure" && !closed && !Cause.hasInterruptsOnly(exit.cause)) metrics.connectFailed()
           const i = unowned.indexOf(attempt)
           if (i !== -1) unowned.splice(i, 1)
           const owner = attempt.owner
@@ -362,6 +374,7 @@ export const make = (
     // -- acquire and release ---------------------------------------------------------
 
     const timedOut = () => {
+      metrics.timeout()
       const c = counts()
       return new DbError.PoolTimeout({
         message:
@@ -376,12 +389,16 @@ export const make = (
 
     const wait = (mode: Mode): Effect.Effect<Lease, DbError.DbError> =>
       Effect.callback<Lease, DbError.DbError>((resume) => {
+        const since = clock.currentTimeMillisUnsafe()
         const w: Waiter = {
           mode,
           slot: undefined,
           opening: false,
           done: false,
-          resume: (slot) => resume(Effect.succeed(slot)),
+          resume: (slot) => {
+            metrics.waited(clock.currentTimeMillisUnsafe() - since)
+            resume(Effect.succeed(slot))
+          },
           fail: (error) => resume(Effect.fail(error))
         }
         waiters.push(w)
@@ -416,7 +433,7 @@ export const make = (
       Effect.suspend(() => {
         if (closed) return Effect.fail(poolClosed())
         const slot = tryAcquire(mode)
-        return slot !== undefined ? Effect.succeed(slot) : timedWait(mode)
+        return slot !== undefined ? Effect.succeed(slot) : Telemetry.span(settings.target, "acquire", {}, timedWait(mode))
       })
 
     const release = (lease: Lease, mode: Mode, completed = false): void => {
@@ -438,7 +455,8 @@ export const make = (
         if (slot.statements > 0) return settle() // room for a waiting statement
         shared.delete(slot)
       }
-      if (closed || !Conn.reusable(slot.conn, now)) toClosing(slot)
+      if (closed) toClosing(slot)
+      else if (!Conn.reusable(slot.conn, now)) toClosing(slot, Conn.retireCause(slot.conn))
       else toIdle(slot, now)
       settle()
       topUp()
@@ -455,7 +473,7 @@ export const make = (
         const tooIdle = now - slot.idleSince >= idleMillis && slots.size > settings.minSize
         if (!Conn.reusable(slot.conn, now) || tooIdle) {
           idle.splice(i, 1)
-          toClosing(slot)
+          toClosing(slot, Conn.reusable(slot.conn, now) ? "idle" : Conn.retireCause(slot.conn))
         }
       }
       topUp()
@@ -463,6 +481,9 @@ export const make = (
     })
     const every = Duration.millis(Math.min(30_000, Math.max(50, idleMillis / 2)))
     fork(Effect.forever(Effect.andThen(Effect.sleep(every), maintenance)))
+    // Gauges are sampled, not updated per statement: periodically, and whenever the figures are read (stats).
+    const sample = Effect.sync(() => void counts())
+    fork(Effect.forever(Effect.andThen(Effect.sleep(Telemetry.sampleEvery), sample)))
 
     yield* Effect.addFinalizer(() =>
       Effect.suspend(() => {
@@ -472,9 +493,9 @@ export const make = (
         for (const slot of [...slots]) toClosing(slot)
         idle.length = 0
         // Interrupts connects (each closes what it opened) and maintenance, and waits for every close.
-        return FiberSet.clear(fibers)
+        return Effect.andThen(FiberSet.clear(fibers), sample)
       })
     )
     topUp()
-    return { acquire, tryAcquire, release, alone, counts }
+    return { acquire, tryAcquire, release, alone, counts, metrics }
   })

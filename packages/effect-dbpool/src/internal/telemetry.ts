@@ -1,0 +1,214 @@
+/**
+ * Spans and metrics, named after the OpenTelemetry database client
+ * conventions (`db.system.name`, `db.client.connection.count`, …).
+ *
+ * Spans are made only when a tracer other than Effect's built-in one is
+ * installed, so an application that exports no traces pays one reference
+ * read per operation. Metrics on hot paths are sampled (gauges, every
+ * {@link sampleEvery} and whenever a pool's figures are read) rather than
+ * updated per statement; events off the hot path (a wait, a timeout, a discarded
+ * connection, a failed connect) are recorded as they happen.
+ */
+import { type Context, Duration, Effect, type Fiber, Metric, References, Tracer } from "effect"
+
+/** How often gauges are sampled: well inside any scrape interval, and few wake-ups for an idle pool. */
+export const sampleEvery = Duration.seconds(5)
+
+/** What spans and metrics say about the server and the pool. */
+export interface Target {
+  /** `db.client.connection.pool.name`, e.g. `default/write`. */
+  readonly pool: string
+  /** `db.namespace`: the database name. */
+  readonly namespace: string
+  readonly address: string
+  readonly port: number
+}
+
+/** `host:port/database` of a URL, as a Target (the URL itself, with its password, goes nowhere). */
+export const target = (pool: string, url: string): Target => {
+  try {
+    const u = new URL(url)
+    return { pool, namespace: decodeURIComponent(u.pathname.slice(1)) || "postgres", address: u.hostname, port: Number(u.port || 5432) }
+  } catch {
+    return { pool, namespace: "", address: "", port: 0 }
+  }
+}
+
+const attributesOf = (t: Target): Record<string, unknown> => ({
+  "db.system.name": "postgresql",
+  "db.namespace": t.namespace,
+  "server.address": t.address,
+  "server.port": t.port,
+  "db.client.connection.pool.name": t.pool
+})
+
+/** Is a tracer installed that exports spans (anything but Effect's built-in one)? */
+export const tracing = (fiber: Fiber.Fiber<unknown, unknown>): boolean =>
+  fiber.getRef(References.TracerEnabled) && fiber.getRef(Tracer.Tracer) !== Tracer.nativeTracer
+
+/** The SQLSTATE of a failure, and its kind, on the current span. */
+const outcome = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  effect.pipe(
+    Effect.tapError((e) => {
+      const tagged = typeof e === "object" && e !== null ? e as { readonly _tag?: unknown; readonly sqlState?: unknown } : {} // any failure: read what it has
+      return Effect.annotateCurrentSpan({
+        "error.type": typeof tagged._tag === "string" ? tagged._tag : "error",
+        ...(typeof tagged.sqlState === "string" ? { "db.response.status_code": tagged.sqlState } : {})
+      })
+    }),
+    Effect.onInterrupt(() => Effect.annotateCurrentSpan({ "error.type": "interrupted", "effect_dbpool.interrupted": true }))
+  )
+
+/**
+ * Runs `effect` in a client span under the caller's span, when traces are
+ * exported; `effect` itself otherwise.
+ */
+export const span = <A, E, R>(
+  t: Target,
+  name: string,
+  attributes: Record<string, unknown>,
+  effect: Effect.Effect<A, E, R>
+): Effect.Effect<A, E, R> =>
+  Effect.withFiber((fiber) =>
+    tracing(fiber)
+      ? Effect.withSpan(outcome(effect), name, { kind: "client", attributes: { ...attributesOf(t), ...attributes } })
+      : effect
+  )
+
+/** Span attributes of a statement: its text (placeholders, never values) and operation. */
+export const statementAttributes = (text: string, operation: string): Record<string, unknown> => ({
+  "db.query.text": text,
+  "db.operation.name": operation
+})
+
+const operations = new Map<string, string>()
+
+/** The operation of a statement: its first keyword, upper-cased (`SELECT`, `WITH`, …); remembered per text. */
+export const operationOf = (text: string): string => {
+  let op = operations.get(text)
+  if (op !== undefined) return op
+  const m = /^\s*(?:--[^\n]*\n\s*|\/\*[\s\S]*?\*\/\s*)*([A-Za-z]+)/.exec(text)
+  op = m?.[1]?.toUpperCase() ?? "SQL"
+  // Statement texts repeat; one that builds its text each time must not grow this without bound.
+  if (operations.size >= 1000) operations.clear()
+  operations.set(text, op)
+  return op
+}
+
+// -- metrics --------------------------------------------------------------------------
+
+const seconds = Metric.exponentialBoundaries({ start: 0.0001, factor: 2, count: 18 }) // 0.1 ms … 13 s
+
+const connectionCount = Metric.gauge("db.client.connection.count", { description: "Open connections by state (idle, used)" })
+const connectionMax = Metric.gauge("db.client.connection.max", { description: "The most open connections allowed" })
+const connectionMin = Metric.gauge("db.client.connection.idle.min", { description: "Connections kept open when idle" })
+const pending = Metric.gauge("db.client.connection.pending_requests", { description: "Callers waiting for a connection" })
+const timeouts = Metric.counter("db.client.connection.timeouts", {
+  description: "Callers that gave up waiting for a connection (PoolTimeout)",
+  incremental: true
+})
+const waitTime = Metric.histogram("db.client.connection.wait_time", {
+  description: "Seconds a caller waited for a connection (callers that found none free)",
+  boundaries: seconds
+})
+const operationDuration = Metric.histogram("db.client.operation.duration", {
+  description: "Seconds per operation: statement, interaction or transaction, acquire included",
+  boundaries: seconds
+})
+const discarded = Metric.counter("db.client.connection.discarded", {
+  description: "Connections retired by cause (dead, doubtful, lifetime, idle)",
+  incremental: true
+})
+const connectFailures = Metric.counter("db.client.connection.connect_failures", {
+  description: "Connection attempts that failed",
+  incremental: true
+})
+
+/** Why a connection was retired. */
+export type DiscardCause = "dead" | "doubtful" | "lifetime" | "idle"
+
+/** A pool's metrics, recorded into the metric registry of the context the pool was built in. */
+export interface PoolMetrics {
+  readonly sample: (counts: { readonly idle: number; readonly used: number; readonly pending: number; readonly min: number; readonly max: number }) => void
+  readonly timeout: () => void
+  readonly discarded: (cause: DiscardCause) => void
+  readonly connectFailed: () => void
+  readonly waited: (millis: number) => void
+  readonly operation: (name: string, millis: number) => void
+}
+
+export const poolMetrics = (t: Target, context: Context.Context<never>): PoolMetrics => {
+  const pool = { "db.client.connection.pool.name": t.pool }
+  const idle = Metric.withAttributes(connectionCount, { ...pool, "db.client.connection.state": "idle" })
+  const used = Metric.withAttributes(connectionCount, { ...pool, "db.client.connection.state": "used" })
+  const max = Metric.withAttributes(connectionMax, pool)
+  const min = Metric.withAttributes(connectionMin, pool)
+  const waiting = Metric.withAttributes(pending, pool)
+  const timedOut = Metric.withAttributes(timeouts, pool)
+  const wait = Metric.withAttributes(waitTime, pool)
+  const failed = Metric.withAttributes(connectFailures, pool)
+  const byCause = new Map<DiscardCause, Metric.Metric<number, unknown>>()
+  const byOperation = new Map<string, Metric.Metric<number, unknown>>()
+  return {
+    sample: (c) => {
+      idle.updateUnsafe(c.idle, context)
+      used.updateUnsafe(c.used, context)
+      waiting.updateUnsafe(c.pending, context)
+      max.updateUnsafe(c.max, context)
+      min.updateUnsafe(c.min, context)
+    },
+    timeout: () => timedOut.updateUnsafe(1, context),
+    discarded: (cause) => {
+      let m = byCause.get(cause)
+      if (m === undefined) byCause.set(cause, m = Metric.withAttributes(discarded, { ...pool, cause }))
+      m.updateUnsafe(1, context)
+    },
+    connectFailed: () => failed.updateUnsafe(1, context),
+    waited: (millis) => wait.updateUnsafe(millis / 1000, context),
+    operation: (name, millis) => {
+      let m = byOperation.get(name)
+      if (m === undefined) {
+        byOperation.set(name, m = Metric.withAttributes(operationDuration, { ...pool, "db.system.name": "postgresql", "db.operation.name": name }))
+      }
+      m.updateUnsafe(millis / 1000, context)
+    }
+  }
+}
+
+const subscribers = Metric.gauge("effect_dbpool.notifications.subscribers", { description: "Notification streams subscribed" })
+const delivered = Metric.counter("effect_dbpool.notifications.delivered", { description: "Notifications delivered to subscribers", incremental: true })
+const dropped = Metric.counter("effect_dbpool.notifications.dropped", {
+  description: "Notifications dropped for subscribers whose buffer was full",
+  incremental: true
+})
+const reconnects = Metric.counter("effect_dbpool.notifications.reconnects", { description: "Times the listening connection was re-established", incremental: true })
+const resubscribeTime = Metric.histogram("effect_dbpool.notifications.resubscribe_time", {
+  description: "Seconds from losing the listening connection to listening again",
+  boundaries: seconds
+})
+
+/** The listener's metrics: sampled from its cumulative figures (counters grow by the difference). */
+export interface ListenerMetrics {
+  readonly sample: (stats: { readonly subscribers: number; readonly delivered: number; readonly dropped: number; readonly reconnects: number }) => void
+  readonly resubscribed: (millis: number) => void
+}
+
+export const listenerMetrics = (pool: string, context: Context.Context<never>): ListenerMetrics => {
+  const attrs = { "db.client.connection.pool.name": pool }
+  const subs = Metric.withAttributes(subscribers, attrs)
+  const del = Metric.withAttributes(delivered, attrs)
+  const drop = Metric.withAttributes(dropped, attrs)
+  const rec = Metric.withAttributes(reconnects, attrs)
+  const resub = Metric.withAttributes(resubscribeTime, attrs)
+  let last = { delivered: 0, dropped: 0, reconnects: 0 }
+  return {
+    sample: (s) => {
+      subs.updateUnsafe(s.subscribers, context)
+      if (s.delivered > last.delivered) del.updateUnsafe(s.delivered - last.delivered, context)
+      if (s.dropped > last.dropped) drop.updateUnsafe(s.dropped - last.dropped, context)
+      if (s.reconnects > last.reconnects) rec.updateUnsafe(s.reconnects - last.reconnects, context)
+      last = { delivered: s.delivered, dropped: s.dropped, reconnects: s.reconnects }
+    },
+    resubscribed: (millis) => resub.updateUnsafe(millis / 1000, context)
+  }
+}
