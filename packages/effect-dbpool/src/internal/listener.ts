@@ -356,7 +356,8 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
       metrics.sample(s)
       return s
     })
-    // Metrics are sampled from the figures periodically (and whenever they are read), not per notification.
+    // Metrics are sampled from the figures at start, periodically, and whenever they are read; not per notification.
+    yield* stats
     yield* Effect.forkScoped(Effect.forever(Effect.andThen(Effect.sleep(Telemetry.sampleEvery), stats)))
 
     return { subscribe, unsubscribe, stats, pid: Effect.sync(() => clientPid) }

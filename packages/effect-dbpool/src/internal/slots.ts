@@ -21,7 +21,7 @@
  * made by a resumed fiber only changes state and leaves the matching to the
  * loop already running.
  */
-import { Cause, Clock, Duration, Effect, Exit, FiberSet, Scope } from "effect"
+import { Cause, Clock, Context, Duration, Effect, Exit, FiberSet, Scope, Tracer } from "effect"
 import * as DbError from "../DbError.ts"
 import * as Conn from "./connection.ts"
 import * as Telemetry from "./telemetry.ts"
@@ -94,6 +94,8 @@ interface Waiter {
   opening: boolean
   /** Left the queue (resumed, failed, timed out or interrupted): nothing more is delivered to it. */
   done: boolean
+  /** The caller's span (its `acquire` span when traced): a connect made for it is traced under it. */
+  readonly span: Tracer.AnySpan | undefined
 }
 
 /** A connect under way, and whom its failure goes to. */
@@ -310,7 +312,8 @@ export const make = (
       Effect.uninterruptibleMask((restore) =>
         Effect.gen(function*() {
           const scope = yield* Scope.make()
-          const exit = yield* Effect.exit(restore(Scope.provide(Telemetry.span(settings.target, "connect", {}, open), scope)))
+          const traced = Telemetry.span(settings.target, "connect", {}, open, attempt.owner?.span)
+          const exit = yield* Effect.exit(restore(Scope.provide(traced, scope)))
           opening--
           if (exit._tag === "Failure" && !closed && !Cause.hasInterruptsOnly(exit.cause)) metrics.connectFailed()
           const i = unowned.indexOf(attempt)
@@ -388,10 +391,11 @@ export const make = (
     const poolClosed = () => new DbError.PoolClosed({ message: `pool ${settings.name} is closed`, pool: settings.name })
 
     const wait = (mode: Mode): Effect.Effect<Lease, DbError.DbError> =>
-      Effect.callback<Lease, DbError.DbError>((resume) => {
+      Effect.withFiber((fiber) => Effect.callback<Lease, DbError.DbError>((resume) => {
         const since = clock.currentTimeMillisUnsafe()
         const w: Waiter = {
           mode,
+          span: Context.getOrUndefined(fiber.context, Tracer.ParentSpan),
           slot: undefined,
           opening: false,
           done: false,
@@ -414,7 +418,7 @@ export const make = (
           // The head of the queue may have changed: whoever waited behind this waiter may be served now.
           else settle()
         })
-      })
+      }))
 
     const timedWait = (mode: Mode): Effect.Effect<Lease, DbError.DbError> =>
       Duration.isFinite(settings.acquireTimeout)
@@ -497,5 +501,7 @@ export const make = (
       })
     )
     topUp()
+    // Gauges exist from the start, not only from the first sample.
+    counts()
     return { acquire, tryAcquire, release, alone, counts, metrics }
   })

@@ -60,18 +60,24 @@ const outcome = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R
   )
 
 /**
- * Runs `effect` in a client span under the caller's span, when traces are
- * exported; `effect` itself otherwise.
+ * Runs `effect` in a client span under the caller's span (or `parent`, for
+ * work done on a caller's behalf in another fiber), when traces are exported;
+ * `effect` itself otherwise.
  */
 export const span = <A, E, R>(
   t: Target,
   name: string,
   attributes: Record<string, unknown>,
-  effect: Effect.Effect<A, E, R>
+  effect: Effect.Effect<A, E, R>,
+  parent?: Tracer.AnySpan | undefined
 ): Effect.Effect<A, E, R> =>
   Effect.withFiber((fiber) =>
     tracing(fiber)
-      ? Effect.withSpan(outcome(effect), name, { kind: "client", attributes: { ...attributesOf(t), ...attributes } })
+      ? Effect.withSpan(outcome(effect), name, {
+        kind: "client",
+        attributes: { ...attributesOf(t), ...attributes },
+        ...(parent === undefined ? {} : { parent })
+      })
       : effect
   )
 
