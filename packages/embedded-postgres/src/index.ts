@@ -65,6 +65,43 @@ export class EmbeddedPostgres extends Context.Service<EmbeddedPostgres, {
 }>()("@effect-dbpool/embedded-postgres/EmbeddedPostgres") {}
 
 /**
+ * TLS for the embedded server: a certificate and key (PEM contents, not
+ * paths), written into the server's data directory — owned by the server's
+ * user, the key with mode 0600, as Postgres demands — and served with
+ * `ssl=on`. Clients still choose: plain connections keep working.
+ *
+ * @example
+ * ```ts
+ * import * as Fs from "node:fs"
+ * import { layer } from "@effect-dbpool/embedded-postgres"
+ * import { Redacted } from "effect"
+ *
+ * const ServerLive = layer({
+ *   tls: {
+ *     cert: Fs.readFileSync("server.crt", "utf8"),
+ *     key: Redacted.make(Fs.readFileSync("server.key", "utf8")),
+ *     ca: Fs.readFileSync("client-ca.crt", "utf8")
+ *   }
+ * })
+ * ```
+ *
+ * @since 0.1.0
+ */
+export interface Tls {
+  /** The server's certificate (PEM), followed by any intermediates. */
+  readonly cert: string
+  /** Its private key (PEM). */
+  readonly key: Redacted.Redacted<string>
+  /**
+   * CA certificates (PEM) for client certificates (`ssl_ca_file`): the
+   * server then asks clients for a certificate, refuses one this CA did not
+   * sign, and shows an accepted one's subject in `pg_stat_ssl.client_dn`.
+   * Connecting without one stays allowed.
+   */
+  readonly ca?: string | undefined
+}
+
+/**
  * What to load once the server is up.
  *
  * @since 0.1.0
@@ -82,6 +119,11 @@ export interface Options {
    * stop and restart the server, which they cannot do to one they do not own.
    */
   readonly alwaysEmbedded?: boolean | undefined
+  /**
+   * Serve TLS (see {@link Tls}). Implies `alwaysEmbedded`: a server at
+   * `DATABASE_URL` cannot be configured from here.
+   */
+  readonly tls?: Tls | undefined
 }
 
 const freePort: Effect.Effect<number, EmbeddedPostgresError> = Effect.callback((resume) => {
@@ -134,7 +176,32 @@ export const loadSqlFile = (
     (sql) => Effect.promise(() => sql.end({ timeout: 5 }))
   )
 
-const start = () =>
+/** Where the TLS files go in the data directory, by the setting naming them. */
+const tlsFiles = (dataDir: string, tls: Tls): ReadonlyArray<readonly [setting: string, file: string, contents: string]> => [
+  ["ssl_cert_file", Path.join(dataDir, "server.crt"), tls.cert],
+  ["ssl_key_file", Path.join(dataDir, "server.key"), Redacted.value(tls.key)],
+  ...(tls.ca === undefined ? [] : [["ssl_ca_file", Path.join(dataDir, "client-ca.crt"), tls.ca] as const])
+]
+
+/** The server's flags turning TLS on. */
+const tlsFlags = (dataDir: string, tls: Tls | undefined): ReadonlyArray<string> =>
+  tls === undefined ? [] : ["-c", "ssl=on", ...tlsFiles(dataDir, tls).flatMap(([setting, file]) => ["-c", `${setting}=${file}`])]
+
+/**
+ * Writes the TLS files into the data directory once initdb has made it (it wants an empty one), readable by the
+ * server's user only: Postgres refuses a key its group or others may read. As root, the files are handed to the
+ * unprivileged user the server runs as (the data directory's owner).
+ */
+const writeTls = (dataDir: string, tls: Tls | undefined): Effect.Effect<void, EmbeddedPostgresError> =>
+  tls === undefined ? Effect.void : attempt("cannot write the TLS files", async () => {
+    const owner = await Fs.stat(dataDir)
+    for (const [, file, contents] of tlsFiles(dataDir, tls)) {
+      await Fs.writeFile(file, contents, { mode: 0o600 })
+      if (process.getuid?.() === 0) await Fs.chown(file, owner.uid, owner.gid)
+    }
+  })
+
+const start = (options: Options) =>
   Effect.gen(function*() {
     const port = yield* freePort
     const root = yield* attempt("cannot create a temporary directory", () =>
@@ -144,17 +211,28 @@ const start = () =>
     yield* attempt("cannot open the temporary directory", () => Fs.chmod(root, 0o755))
     // A random password per server: the URL is a secret even for a throwaway server.
     const password = Math.random().toString(36).slice(2) + Math.random().toString(36).slice(2)
+    const dataDir = Path.join(root, "data")
+    // The server's last log lines: embedded-postgres rejects a failed start (a bad TLS key, say) without a reason.
+    const lastLog: Array<string> = []
     const server = new EmbeddedPostgresServer({
-      databaseDir: Path.join(root, "data"),
+      databaseDir: dataDir,
       port,
       user: "postgres",
       password,
       persistent: true,
       createPostgresUser: true,
-      onLog: () => {},
+      onLog: (message) => {
+        lastLog.push(...String(message).split("\n").filter((line) => line.trim() !== ""))
+        lastLog.splice(0, lastLog.length - 5)
+      },
       onError: () => {},
-      // Room for benchmarks at 256 callers and for the chaos suite's faults.
-      postgresFlags: ["-c", "max_connections=300", "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
+      postgresFlags: [
+        // Room for benchmarks at 256 callers and for the chaos suite's faults.
+        "-c", "max_connections=300",
+        "-c", "listen_addresses=127.0.0.1",
+        "-c", "fsync=off",
+        ...tlsFlags(dataDir, options.tls)
+      ]
     })
     let running = false
     const stop = Effect.suspend(() =>
@@ -163,11 +241,17 @@ const start = () =>
       }))) : Effect.void
     )
     const startServer = Effect.suspend(() =>
-      running ? Effect.void : attempt("starting Postgres failed", () => server.start()).pipe(Effect.tap(() => Effect.sync(() => {
+      running ? Effect.void : attempt("starting Postgres failed", () => {
+        lastLog.length = 0
+        return server.start().catch((cause: unknown) => {
+          throw cause ?? new Error(lastLog.join("\n") || "the server exited")
+        })
+      }).pipe(Effect.tap(() => Effect.sync(() => {
         running = true
       })))
     )
     yield* attempt("initdb failed", () => server.initialise())
+    yield* writeTls(dataDir, options.tls)
     yield* Effect.acquireRelease(startServer, () => Effect.ignore(stop))
     return EmbeddedPostgres.of({
       url: Redacted.make(`postgres://postgres:${password}@127.0.0.1:${port}/postgres`),
@@ -190,7 +274,8 @@ const external = (url: Redacted.Redacted<string>) =>
 /**
  * A Postgres server for the lifetime of the Layer: the one at `DATABASE_URL`
  * when that is set, otherwise an embedded server started in a temporary
- * directory and deleted afterwards. Loads `options.sqlFile` when given.
+ * directory and deleted afterwards. Loads `options.sqlFile` when given;
+ * serves TLS with `options.tls` (see {@link Tls}).
  *
  * @example
  * ```ts
@@ -211,7 +296,8 @@ export const layer = (options: Options = {}): Layer.Layer<EmbeddedPostgres, Embe
       const fromEnv = yield* Config.option(Config.Redacted("DATABASE_URL")).pipe(
         Effect.mapError((cause) => new EmbeddedPostgresError({ message: "invalid DATABASE_URL", cause }))
       )
-      const server = Option.isSome(fromEnv) && options.alwaysEmbedded !== true ? external(fromEnv.value) : yield* start()
+      const owned = options.alwaysEmbedded === true || options.tls !== undefined
+      const server = Option.isSome(fromEnv) && !owned ? external(fromEnv.value) : yield* start(options)
       if (options.sqlFile !== undefined) {
         yield* loadSqlFile(server.url, options.sqlFile, options.settings)
       }

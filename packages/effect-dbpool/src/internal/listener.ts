@@ -91,6 +91,12 @@ const connectionString = (url: string, ssl: ListenerSettings["ssl"]): string => 
   }
 }
 
+const plainCause = (u: unknown): Error => {
+  const e = new Error(u instanceof Error ? u.message : String(u))
+  if (u instanceof Error) e.name = u.name
+  return e
+}
+
 export const make = (settings: ListenerSettings): Effect.Effect<Listener, never, Scope.Scope> =>
   Effect.gen(function*() {
     const scope = yield* Effect.scope
@@ -288,7 +294,9 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
           failAll(
             new DbError.ListenerGaveUp({
               message: `the listening connection to ${settings.server} could not be re-established within the reconnect policy`,
-              cause: Cause.squash(cause)
+              // The driver's error may hold a TLS certificate that refers to itself: keep its message, so the error
+              // stays printable and JSON-serialisable.
+              cause: plainCause(Cause.squash(cause))
             })
           )
         }))
