@@ -105,30 +105,29 @@ export const operationOf = (text: string): string => {
 
 const seconds = Metric.exponentialBoundaries({ start: 0.0001, factor: 2, count: 18 }) // 0.1 ms … 13 s
 
-const connectionCount = Metric.gauge("db.client.connection.count", { description: "Open connections by state (idle, used)" })
-const connectionMax = Metric.gauge("db.client.connection.max", { description: "The most open connections allowed" })
-const connectionMin = Metric.gauge("db.client.connection.idle.min", { description: "Connections kept open when idle" })
-const pending = Metric.gauge("db.client.connection.pending_requests", { description: "Callers waiting for a connection" })
-const timeouts = Metric.counter("db.client.connection.timeouts", {
-  description: "Callers that gave up waiting for a connection (PoolTimeout)",
-  incremental: true
-})
-const waitTime = Metric.histogram("db.client.connection.wait_time", {
-  description: "Seconds a caller waited for a connection (callers that found none free)",
-  boundaries: seconds
-})
-const operationDuration = Metric.histogram("db.client.operation.duration", {
-  description: "Seconds per operation: statement, interaction or transaction, acquire included",
-  boundaries: seconds
-})
-const discarded = Metric.counter("db.client.connection.discarded", {
-  description: "Connections retired by cause (dead, doubtful, lifetime, idle)",
-  incremental: true
-})
-const connectFailures = Metric.counter("db.client.connection.connect_failures", {
-  description: "Connection attempts that failed",
-  incremental: true
-})
+const names = {
+  count: "db.client.connection.count",
+  max: "db.client.connection.max",
+  min: "db.client.connection.idle.min",
+  pending: "db.client.connection.pending_requests",
+  timeouts: "db.client.connection.timeouts",
+  waitTime: "db.client.connection.wait_time",
+  operation: "db.client.operation.duration",
+  discarded: "db.client.connection.discarded",
+  connectFailures: "db.client.connection.connect_failures"
+} as const
+
+const descriptions = {
+  count: "Open connections by state (idle, used)",
+  max: "The most open connections allowed",
+  min: "Connections kept open when idle",
+  pending: "Callers waiting for a connection",
+  timeouts: "Callers that gave up waiting for a connection (PoolTimeout)",
+  waitTime: "Seconds a caller waited for a connection (callers that found none free)",
+  operation: "Seconds per operation: statement, interaction or transaction, acquire included",
+  discarded: "Connections retired by cause (dead, doubtful, lifetime, idle)",
+  connectFailures: "Connection attempts that failed"
+} as const
 
 /** Why a connection was retired. */
 export type DiscardCause = "dead" | "doubtful" | "lifetime" | "idle"
@@ -145,14 +144,22 @@ export interface PoolMetrics {
 
 export const poolMetrics = (t: Target, context: Context.Context<never>): PoolMetrics => {
   const pool = { "db.client.connection.pool.name": t.pool }
-  const idle = Metric.withAttributes(connectionCount, { ...pool, "db.client.connection.state": "idle" })
-  const used = Metric.withAttributes(connectionCount, { ...pool, "db.client.connection.state": "used" })
-  const max = Metric.withAttributes(connectionMax, pool)
-  const min = Metric.withAttributes(connectionMin, pool)
-  const waiting = Metric.withAttributes(pending, pool)
-  const timedOut = Metric.withAttributes(timeouts, pool)
-  const wait = Metric.withAttributes(waitTime, pool)
-  const failed = Metric.withAttributes(connectFailures, pool)
+  // Each series is its own metric with its attributes built in: updating it is a plain lookup, where a metric
+  // wrapped by `withAttributes` merges the attributes on every update (twice the cost, measured).
+  const gauge = (id: string, description: string, attributes: Record<string, string>) =>
+    Metric.gauge(id, { description, attributes: { ...pool, ...attributes } })
+  const counter = (id: string, description: string, attributes: Record<string, string>) =>
+    Metric.counter(id, { description, attributes: { ...pool, ...attributes }, incremental: true })
+  const histogram = (id: string, description: string, attributes: Record<string, string>) =>
+    Metric.histogram(id, { description, attributes: { ...pool, ...attributes }, boundaries: seconds })
+  const idle = gauge(names.count, descriptions.count, { "db.client.connection.state": "idle" })
+  const used = gauge(names.count, descriptions.count, { "db.client.connection.state": "used" })
+  const max = gauge(names.max, descriptions.max, {})
+  const min = gauge(names.min, descriptions.min, {})
+  const waiting = gauge(names.pending, descriptions.pending, {})
+  const timedOut = counter(names.timeouts, descriptions.timeouts, {})
+  const wait = histogram(names.waitTime, descriptions.waitTime, {})
+  const failed = counter(names.connectFailures, descriptions.connectFailures, {})
   const byCause = new Map<DiscardCause, Metric.Metric<number, unknown>>()
   const byOperation = new Map<string, Metric.Metric<number, unknown>>()
   return {
@@ -166,7 +173,7 @@ export const poolMetrics = (t: Target, context: Context.Context<never>): PoolMet
     timeout: () => timedOut.updateUnsafe(1, context),
     discarded: (cause) => {
       let m = byCause.get(cause)
-      if (m === undefined) byCause.set(cause, m = Metric.withAttributes(discarded, { ...pool, cause }))
+      if (m === undefined) byCause.set(cause, m = counter(names.discarded, descriptions.discarded, { cause }))
       m.updateUnsafe(1, context)
     },
     connectFailed: () => failed.updateUnsafe(1, context),
@@ -174,7 +181,7 @@ export const poolMetrics = (t: Target, context: Context.Context<never>): PoolMet
     operation: (name, millis) => {
       let m = byOperation.get(name)
       if (m === undefined) {
-        byOperation.set(name, m = Metric.withAttributes(operationDuration, { ...pool, "db.system.name": "postgresql", "db.operation.name": name }))
+        byOperation.set(name, m = histogram(names.operation, descriptions.operation, { "db.system.name": "postgresql", "db.operation.name": name }))
       }
       m.updateUnsafe(millis / 1000, context)
     }
