@@ -489,6 +489,32 @@ export class ListenerGaveUp extends Data.TaggedError("ListenerGaveUp")<{
 }> {}
 
 /**
+ * A read pool over several replicas (`readUrls`) with `replicaFallback:
+ * "fail"` found no replica it could use: every one is down (its statements
+ * failed with `ConnectFailed` / `ConnectionLost`) or lags more than
+ * `maxReplicaLag`, or, for a read with a read-your-writes token, none replayed
+ * the token within `readYourWritesWait`. Without `replicaFallback: "fail"`
+ * such reads go to the primary in read-only sessions instead.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { ReadPool, sql } from "effect-dbpool"
+ *
+ * const rows = ReadPool.use((pool) => pool.run(sql`SELECT * FROM test_values LIMIT ${10}`)).pipe(
+ *   Effect.catchTag("NoReplicaAvailable", (e) => Effect.logWarning(`${e.pool}: ${e.message}`))
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ */
+export class NoReplicaAvailable extends Data.TaggedError("NoReplicaAvailable")<{
+  readonly message: string
+  /** The read pool, e.g. `"default/read"`. */
+  readonly pool: string
+}> {}
+
+/**
  * Every error an interaction with the database can fail with.
  *
  * @example
@@ -520,6 +546,7 @@ export type DbError =
   | PoolClosed
   | InvalidInput
   | PayloadTooLarge
+  | NoReplicaAvailable
 
 /**
  * What a notification stream can fail with (besides `PayloadDecodeError`
@@ -542,7 +569,7 @@ const tags: ReadonlySet<string> = new Set([
   "UniqueViolation", "ForeignKeyViolation", "CheckViolation", "NotNullViolation", "SerializationFailure", "Deadlock",
   "LockNotAvailable", "StatementTimeout", "ReadOnlyTransaction", "SyntaxError", "TransactionAborted", "DatabaseError",
   "ConnectionLost", "ConnectFailed", "PoolTimeout", "PoolClosed", "InvalidInput", "PayloadTooLarge", "RowDecodeError",
-  "PayloadDecodeError", "ListenerGaveUp"
+  "PayloadDecodeError", "ListenerGaveUp", "NoReplicaAvailable"
 ] satisfies ReadonlyArray<(DbError | RowDecodeError | PayloadDecodeError | ListenerGaveUp)["_tag"]>)
 
 /**

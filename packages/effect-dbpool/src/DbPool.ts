@@ -11,6 +11,7 @@ import * as Net from "node:net"
 import * as Listener from "./internal/listener.ts"
 import * as NotificationsImpl from "./internal/notifications.ts"
 import * as Pool from "./internal/pool.ts"
+import * as Replicas from "./internal/replicas.ts"
 import * as Slots from "./internal/slots.ts"
 import * as Telemetry from "./internal/telemetry.ts"
 import { Notifications, type NotificationsService } from "./Notifications.ts"
@@ -27,6 +28,11 @@ import { WritePool, type WritePoolService } from "./WritePool.ts"
  * |---|---|---|
  * | `url` | — | `DATABASE_URL` |
  * | `readUrl` | `url`, in read-only sessions | `DATABASE_READ_URL` |
+ * | `readUrls` | none (see {@link Config.readUrls}) | `DATABASE_READ_URLS` (comma-separated) |
+ * | `maxReplicaLag` | 10 seconds | `DATABASE_MAX_REPLICA_LAG` |
+ * | `replicaFallback` | `"primary"` | `DATABASE_REPLICA_FALLBACK` |
+ * | `readYourWritesWait` | 1 second | `DATABASE_READ_YOUR_WRITES_WAIT` |
+ * | `replicaCheckInterval` | 2 seconds | `DATABASE_REPLICA_CHECK_INTERVAL` |
  * | `minSize` / `maxSize` | 0 / 10 | `DATABASE_POOL_MIN` / `DATABASE_POOL_MAX` |
  * | `readMinSize` / `readMaxSize` | 0 / `maxSize` | `DATABASE_READ_POOL_MIN` / `DATABASE_READ_POOL_MAX` |
  * | `acquireTimeout` | 30 seconds | `DATABASE_ACQUIRE_TIMEOUT` |
@@ -64,6 +70,26 @@ export interface Config {
   readonly url: Redacted.Redacted<string>
   /** A replica for the read pool. */
   readonly readUrl?: Redacted.Redacted<string> | undefined
+  /**
+   * Several replicas for the read pool (then `readUrl` is not used): one read-only pool of its own per replica
+   * (`readMinSize` / `readMaxSize` each, named `default/read/replica1`, …), each call to the least busy usable one.
+   * A replica whose statements fail with `ConnectFailed` / `ConnectionLost`, or that lags more than
+   * `maxReplicaLag`, is set aside and probed back in every `replicaCheckInterval`; with none usable, reads run on
+   * the primary in read-only sessions (or fail, see `replicaFallback`). `stats` then gives a `ReplicaSetStats`
+   * (`ReadPool.isReplicaSetStats`); `ReadYourWrites` gives reads that see the caller's own writes.
+   */
+  readonly readUrls?: ReadonlyArray<Redacted.Redacted<string>> | undefined
+  /**
+   * With `readUrls`: a replica that has not replayed, by now, what the primary had written this long ago is not
+   * read from until it has (measured on WAL positions, so an idle primary is no lag).
+   */
+  readonly maxReplicaLag?: Duration.Input | undefined
+  /** With `readUrls`, when no replica is usable: `"primary"` reads there in read-only sessions, `"fail"` fails with `NoReplicaAvailable`. */
+  readonly replicaFallback?: "primary" | "fail" | undefined
+  /** With `readUrls`: how long a read with a `ReadYourWrites` token waits for a replica that has replayed it before going to the primary. */
+  readonly readYourWritesWait?: Duration.Input | undefined
+  /** With `readUrls`: how often every replica's health and lag are checked. */
+  readonly replicaCheckInterval?: Duration.Input | undefined
   readonly minSize?: number | undefined
   readonly maxSize?: number | undefined
   readonly readMinSize?: number | undefined
@@ -316,17 +342,47 @@ const check = (pool: InteractionPool, server: string): Effect.Effect<void, DbErr
     )
   )
 
-const build = <W, R, N>(name: string, keys: Keys<W, R, N>, config: Config) =>
+const replicaSettings = (config: Config, name: string, url: Redacted.Redacted<string>, index: number): Pool.Settings => {
+  const pool = `${name}/read/replica${index + 1}`
+  return { ...settings({ ...config, readUrl: url }, name, "read"), name: pool, target: Telemetry.target(pool, Redacted.value(url)) }
+}
+
+/** With `readUrls`, the read pool over them; the read-only pool on the primary (`r`) takes what they cannot. */
+const readReplicas = (config: Config, name: string, w: InteractionPool, r: InteractionPool) =>
   Effect.gen(function*() {
+    const urls = config.readUrls ?? []
+    const replicas: Array<Replicas.Replica> = []
+    for (let i = 0; i < urls.length; i++) {
+      const s = replicaSettings(config, name, urls[i]!, i)
+      replicas.push({ pool: yield* Pool.make(s), server: s.server })
+    }
+    return yield* Replicas.make({
+      name: `${name}/read`,
+      replicas,
+      primary: w,
+      fallback: r,
+      fallbackMode: config.replicaFallback ?? "primary",
+      maxReplicaLag: Duration.fromInputUnsafe(config.maxReplicaLag ?? "10 seconds"),
+      readYourWritesWait: Duration.fromInputUnsafe(config.readYourWritesWait ?? "1 second"),
+      checkInterval: Duration.fromInputUnsafe(config.replicaCheckInterval ?? "2 seconds")
+    })
+  })
+
+const build = <W, R, N>(name: string, keys: Keys<W, R, N>, given: Config) =>
+  Effect.gen(function*() {
+    const hasReplicas = given.readUrls !== undefined && given.readUrls.length > 0
+    // With readUrls the read-only pool on the primary is the fallback: readUrl is not used.
+    const config: Config = hasReplicas ? { ...given, readUrl: undefined } : given
     const writeSettings = settings(config, name, "write")
     const w = yield* Pool.make(writeSettings)
     const readSettings = settings(config, name, "read")
-    const r = yield* Pool.make(readSettings)
+    const primaryRead = yield* Pool.make(readSettings)
     if (config.checkOnStart !== false) {
       // A wrong URL or password fails the Layer at start-up, not the first query an hour later.
       yield* check(w, writeSettings.server)
-      if (readSettings.server !== writeSettings.server) yield* check(r, readSettings.server)
+      if (readSettings.server !== writeSettings.server) yield* check(primaryRead, readSettings.server)
     }
+    const r = hasReplicas ? yield* readReplicas(config, name, w, primaryRead) : primaryRead
     const listener = yield* Listener.make({
       name: `${name}/listen`,
       url: writeSettings.url,
@@ -352,6 +408,11 @@ const fromEnv = (prefix: string): C.Config<Config> => {
   return C.all({
     url: C.Redacted(`${prefix}DATABASE_URL`),
     readUrl: C.option(C.Redacted(`${prefix}DATABASE_READ_URL`)),
+    readUrls: C.option(C.Redacted(`${prefix}DATABASE_READ_URLS`)),
+    maxReplicaLag: duration("DATABASE_MAX_REPLICA_LAG"),
+    replicaFallback: C.option(C.Literals(["primary", "fail"], `${prefix}DATABASE_REPLICA_FALLBACK`)),
+    readYourWritesWait: duration("DATABASE_READ_YOUR_WRITES_WAIT"),
+    replicaCheckInterval: duration("DATABASE_REPLICA_CHECK_INTERVAL"),
     minSize: int("DATABASE_POOL_MIN"),
     maxSize: int("DATABASE_POOL_MAX"),
     readMinSize: int("DATABASE_READ_POOL_MIN"),
@@ -371,6 +432,15 @@ const fromEnv = (prefix: string): C.Config<Config> => {
     C.map((c) => ({
       url: c.url,
       readUrl: Option.getOrUndefined(c.readUrl),
+      readUrls: Option.match(c.readUrls, {
+        onNone: () => undefined,
+        onSome: (urls) =>
+          Redacted.value(urls).split(",").map((u) => u.trim()).filter((u) => u !== "").map((u) => Redacted.make(u))
+      }),
+      maxReplicaLag: Option.getOrUndefined(c.maxReplicaLag),
+      replicaFallback: Option.getOrUndefined(c.replicaFallback),
+      readYourWritesWait: Option.getOrUndefined(c.readYourWritesWait),
+      replicaCheckInterval: Option.getOrUndefined(c.replicaCheckInterval),
       minSize: Option.getOrUndefined(c.minSize),
       maxSize: Option.getOrUndefined(c.maxSize),
       readMinSize: Option.getOrUndefined(c.readMinSize),

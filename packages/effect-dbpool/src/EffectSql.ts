@@ -262,7 +262,7 @@ export const json: (value: unknown) => SqlStatement.Fragment = internal.json
  * | 42501, 25006 (a write through the read pool) | `AuthorizationError` |
  * | other 42xxx | `SqlSyntaxError` |
  * | 28xxx | `AuthenticationError` |
- * | 08xxx, `ConnectFailed`, `PoolTimeout`, `ConnectionLost` before its statement was sent | `ConnectionError` |
+ * | 08xxx, `ConnectFailed`, `PoolTimeout`, `NoReplicaAvailable`, `ConnectionLost` before its statement was sent | `ConnectionError` |
  * | `ConnectionLost` after its statement was sent (outcome unknown), `PoolClosed`, `InvalidInput`, anything else | `UnknownError` |
  *
  * @example

@@ -19,6 +19,8 @@ export * as Notifications from "./Notifications.ts"
 /** @since 0.1.0 */
 export * as PartialTransaction from "./PartialTransaction.ts"
 /** @since 0.1.0 */
+export * as ReadYourWrites from "./ReadYourWrites.ts"
+/** @since 0.1.0 */
 export * as Statement from "./Statement.ts"
 /** @since 0.1.0 */
 export { ReadPool } from "./ReadPool.ts"

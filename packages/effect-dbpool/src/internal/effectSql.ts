@@ -68,6 +68,7 @@ export const reasonOf = (error: DbError.DbError, operation: string): SqlError.Sq
         ? new SqlError.AuthenticationError(props)
         : new SqlError.ConnectionError(props)
     case "PoolTimeout":
+    case "NoReplicaAvailable":
       return new SqlError.ConnectionError(props)
     case "PoolClosed":
     case "InvalidInput":

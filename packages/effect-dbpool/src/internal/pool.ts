@@ -47,6 +47,11 @@ const internalsByPool = new WeakMap<object, Internals>()
 /** The internals of a pool made by {@link make}; undefined for anything else. */
 export const internals = (pool: object): Internals | undefined => internalsByPool.get(pool)
 
+/** Gives a pool made elsewhere (the read pool over replicas) internals of its own. */
+export const registerInternals = (pool: object, internals: Internals): void => {
+  internalsByPool.set(pool, internals)
+}
+
 /** A step of a partial transaction that is running, and whether it still is. */
 interface Step {
   readonly tx: object

@@ -1,0 +1,242 @@
+/**
+ * The read pool over several replicas (`readUrls`) and read-your-writes, against a throwaway primary with two
+ * streaming replicas: routing, write refusal, replicas going down and coming back, lag, the fallback to the
+ * primary (or `NoReplicaAvailable`), and tokens that keep reads from seeing anything older than the caller's write.
+ */
+import { Cluster } from "@effect-dbpool/embedded-postgres/Cluster"
+import { assert, layer } from "@effect/vitest"
+import { ConfigProvider, Effect, Layer, Redacted, References, Schedule } from "effect"
+import { DbPool, ReadPool, ReadYourWrites, sql, WritePool } from "effect-dbpool"
+import type { InteractionPool as IP } from "effect-dbpool"
+type InteractionPool = IP.InteractionPool
+import { isReplicaSetStats, type ReplicaSetStats } from "effect-dbpool/ReadPool"
+
+const quiet = Layer.succeed(References.MinimumLogLevel, "Error")
+
+const pools = (cluster: Cluster["Service"], extra: Partial<DbPool.Config> = {}) =>
+  DbPool.layer({
+    url: cluster.primary.url,
+    readUrls: cluster.replicas.map((replica) => replica.url),
+    applicationName: "replicas-test",
+    maxSize: 4,
+    connectTimeout: "2 seconds",
+    replicaCheckInterval: "100 millis",
+    ...extra
+  }).pipe(Layer.provideMerge(quiet))
+
+const port = (pool: InteractionPool) =>
+  Effect.map(pool.run(sql`SELECT inet_server_port() AS port`), (rows) => Number(rows[0]?.["port"]))
+
+const replicaStats = (pool: InteractionPool) =>
+  Effect.flatMap(pool.stats, (stats) =>
+    isReplicaSetStats(stats) ? Effect.succeed<ReplicaSetStats>(stats) : Effect.die(new Error("not a replica set")))
+
+/** Polls `check` every 50 ms until it holds, for up to 15 seconds. */
+const eventually = <E, R>(check: Effect.Effect<boolean, E, R>, what: string) =>
+  check.pipe(
+    Effect.flatMap((ok) => ok ? Effect.void : Effect.fail(new Error(`not yet: ${what}`))),
+    Effect.retry(Schedule.spaced("50 millis")),
+    Effect.timeoutOrElse({ duration: "15 seconds", orElse: () => Effect.die(new Error(`timed out: ${what}`)) })
+  )
+
+const passwordOf = (cluster: Cluster["Service"]) => new URL(Redacted.value(cluster.primary.url)).password
+
+const value = (pool: InteractionPool) =>
+  Effect.map(pool.run(sql`SELECT v FROM replicas_test WHERE id = 1`), (rows) => Number(rows[0]?.["v"]))
+
+// excludeTestServices: the pools and the cluster wait on the real clock.
+layer(Cluster.layer({ replicas: 2 }), { timeout: 120_000, excludeTestServices: true })("ReadPool over replicas", (it) => {
+  it.effect("spreads reads over both replicas, never the primary, and refuses writes", () =>
+    Effect.gen(function*() {
+      const cluster = yield* Cluster
+      const [r1, r2] = cluster.replicas
+      yield* Effect.gen(function*() {
+        const write = yield* WritePool
+        yield* write.run(sql`CREATE TABLE replicas_test (id int PRIMARY KEY, v int NOT NULL)`)
+        yield* write.run(sql`INSERT INTO replicas_test VALUES (1, 0)`)
+        yield* cluster.awaitReplay(r1!)
+        yield* cluster.awaitReplay(r2!)
+        const read = yield* ReadPool
+        const ports = new Set<number>()
+        for (let i = 0; i < 20; i++) ports.add(yield* port(read))
+        assert.deepStrictEqual([...ports].sort(), [r1!.port, r2!.port].sort())
+        // Concurrent reads too.
+        const concurrent = yield* Effect.forEach(Array.from({ length: 20 }, () => port(read)), (p) => p, { concurrency: 8 })
+        assert.notInclude(concurrent, cluster.primary.port)
+        assert.strictEqual(yield* value(read), 0)
+        const transaction = yield* read.transaction((conn) => conn.run(sql`SELECT inet_server_port() AS port`))
+        assert.notStrictEqual(Number(transaction[0]?.["port"]), cluster.primary.port)
+
+        const refused = yield* Effect.flip(read.run(sql`INSERT INTO replicas_test VALUES (2, 0)`))
+        assert.strictEqual(refused._tag, "ReadOnlyTransaction")
+        const refusedTx = yield* Effect.flip(read.transaction((conn) => conn.run(sql`UPDATE replicas_test SET v = 1`), { readOnly: false }))
+        assert.strictEqual(refusedTx._tag, "ReadOnlyTransaction")
+
+        const stats = yield* replicaStats(read)
+        assert.strictEqual(stats.pool, "default/read")
+        assert.deepStrictEqual(stats.replicas.map((r) => [r.pool, r.state]), [
+          ["default/read/replica1", "up"],
+          ["default/read/replica2", "up"]
+        ])
+        assert.deepStrictEqual(stats.replicas.map((r) => r.server), [`127.0.0.1:${r1!.port}/postgres`, `127.0.0.1:${r2!.port}/postgres`])
+        assert.notInclude(JSON.stringify(stats), passwordOf(cluster), "no password in stats")
+      }).pipe(Effect.provide(pools(cluster)))
+    }))
+
+  it.effect("keeps reading on the other replica while one is stopped, and takes it back once started", () =>
+    Effect.gen(function*() {
+      const cluster = yield* Cluster
+      const [r1, r2] = cluster.replicas
+      yield* Effect.gen(function*() {
+        const read = yield* ReadPool
+        for (let i = 0; i < 4; i++) yield* port(read) // connections open on both
+        yield* cluster.stop(r2!)
+        for (let i = 0; i < 20; i++) assert.strictEqual(yield* port(read), r1!.port)
+        const stats = yield* replicaStats(read)
+        assert.strictEqual(stats.replicas[1]!.state, "down")
+        yield* cluster.start(r2!)
+        yield* eventually(Effect.map(replicaStats(read), (s) => s.replicas[1]!.state === "up"), "replica2 up again")
+        const ports = new Set<number>()
+        for (let i = 0; i < 20; i++) ports.add(yield* port(read))
+        assert.deepStrictEqual([...ports].sort(), [r1!.port, r2!.port].sort())
+      }).pipe(Effect.provide(pools(cluster)))
+    }))
+
+  it.effect("sets a lagging replica aside until it catches up (an idle primary is no lag)", () =>
+    Effect.gen(function*() {
+      const cluster = yield* Cluster
+      const [r1, r2] = cluster.replicas
+      yield* Effect.gen(function*() {
+        const read = yield* ReadPool
+        const write = yield* WritePool
+        // Idle for several times maxReplicaLag: nobody lags.
+        yield* Effect.sleep("1500 millis")
+        assert.deepStrictEqual((yield* replicaStats(read)).replicas.map((r) => r.state), ["up", "up"])
+        yield* cluster.pauseReplay(r1!)
+        yield* write.run(sql`UPDATE replicas_test SET v = v`)
+        yield* eventually(Effect.map(replicaStats(read), (s) => s.replicas[0]!.state === "lagging"), "replica1 lagging")
+        for (let i = 0; i < 10; i++) assert.strictEqual(yield* port(read), r2!.port)
+        yield* cluster.resumeReplay(r1!)
+        yield* cluster.awaitReplay(r1!)
+        yield* eventually(Effect.map(replicaStats(read), (s) => s.replicas[0]!.state === "up"), "replica1 up again")
+      }).pipe(Effect.provide(pools(cluster, { maxReplicaLag: "300 millis" })))
+    }))
+
+  it.effect("read-your-writes: a read with the write's token never sees an older value; without it, it does", () =>
+    Effect.gen(function*() {
+      const cluster = yield* Cluster
+      const [r1, r2] = cluster.replicas
+      yield* cluster.pauseReplay(r1!)
+      yield* Effect.gen(function*() {
+        const read = yield* ReadPool
+        const write = yield* WritePool
+        const start = yield* value(write)
+        let stale = 0
+        for (let i = 1; i <= 20; i++) {
+          yield* write.run(sql`UPDATE replicas_test SET v = ${start + i} WHERE id = 1`)
+          const token = yield* ReadYourWrites.writeToken
+          const seen = yield* value(read).pipe(ReadYourWrites.withToken(token))
+          assert.strictEqual(seen, start + i, `read ${i} with the token`)
+          // Functions and transactions are routed by the token as well.
+          const inTx = yield* read.transaction((conn) =>
+            Effect.map(conn.run(sql`SELECT v FROM replicas_test WHERE id = 1`), (rows) => Number(rows[0]?.["v"]))
+          ).pipe(ReadYourWrites.withToken(token))
+          assert.strictEqual(inTx, start + i, `transaction ${i} with the token`)
+        }
+        for (let i = 21; i <= 40; i++) {
+          yield* write.run(sql`UPDATE replicas_test SET v = ${start + i} WHERE id = 1`)
+          if ((yield* value(read)) !== start + i) stale++
+        }
+        assert.isAtLeast(stale, 1, "reads without a token saw a stale value")
+        // The paused replica was never set aside (maxReplicaLag is long here): the token alone kept reads fresh.
+        assert.strictEqual((yield* replicaStats(read)).replicas[0]!.state, "up")
+      }).pipe(
+        Effect.provide(pools(cluster, { maxReplicaLag: "10 minutes" })),
+        Effect.ensuring(Effect.ignore(cluster.resumeReplay(r1!)))
+      )
+      yield* cluster.awaitReplay(r1!)
+      yield* cluster.awaitReplay(r2!)
+    }))
+
+  it.effect("read-your-writes: with no replica replaying the token in time, reads go to the primary", () =>
+    Effect.gen(function*() {
+      const cluster = yield* Cluster
+      const [r1, r2] = cluster.replicas
+      yield* cluster.pauseReplay(r1!)
+      yield* cluster.pauseReplay(r2!)
+      yield* Effect.gen(function*() {
+        const read = yield* ReadPool
+        const write = yield* WritePool
+        yield* write.run(sql`UPDATE replicas_test SET v = v + 1 WHERE id = 1`)
+        const token = yield* ReadYourWrites.writeToken
+        const startedAt = Date.now()
+        assert.strictEqual(yield* port(read).pipe(ReadYourWrites.withToken(token)), cluster.primary.port)
+        assert.isAtLeast(Date.now() - startedAt, 150)
+        assert.strictEqual(yield* value(read).pipe(ReadYourWrites.withToken(token)), yield* value(write))
+        // Without the token, the replicas still serve.
+        assert.notStrictEqual(yield* port(read), cluster.primary.port)
+      }).pipe(
+        Effect.provide(pools(cluster, { maxReplicaLag: "10 minutes", readYourWritesWait: "200 millis" })),
+        Effect.ensuring(Effect.ignore(Effect.andThen(cluster.resumeReplay(r1!), cluster.resumeReplay(r2!))))
+      )
+      yield* cluster.awaitReplay(r1!)
+      yield* cluster.awaitReplay(r2!)
+    }))
+
+  it.effect("with every replica stopped, reads go to the primary, or fail with NoReplicaAvailable", () =>
+    Effect.gen(function*() {
+      const cluster = yield* Cluster
+      const [r1, r2] = cluster.replicas
+      const both = pools(cluster)
+      const failing = pools(cluster, { replicaFallback: "fail" })
+      yield* Effect.gen(function*() {
+        yield* cluster.stop(r1!)
+        yield* cluster.stop(r2!)
+        yield* Effect.gen(function*() {
+          const read = yield* ReadPool
+          for (let i = 0; i < 5; i++) assert.strictEqual(yield* port(read), cluster.primary.port)
+          const refused = yield* Effect.flip(read.run(sql`INSERT INTO replicas_test VALUES (3, 0)`))
+          assert.strictEqual(refused._tag, "ReadOnlyTransaction")
+          assert.deepStrictEqual((yield* replicaStats(read)).replicas.map((r) => r.state), ["down", "down"])
+        }).pipe(Effect.provide(both))
+        yield* Effect.gen(function*() {
+          const read = yield* ReadPool
+          const error = yield* Effect.flip(port(read))
+          assert.strictEqual(error._tag, "NoReplicaAvailable")
+          if (error._tag === "NoReplicaAvailable") {
+            assert.strictEqual(error.pool, "default/read")
+            assert.notInclude(error.message, passwordOf(cluster))
+          }
+        }).pipe(Effect.provide(failing))
+      }).pipe(Effect.ensuring(Effect.ignore(Effect.andThen(cluster.start(r1!), cluster.start(r2!)))))
+      // Back: reads return to the replicas.
+      yield* Effect.gen(function*() {
+        const read = yield* ReadPool
+        const ports = new Set<number>()
+        for (let i = 0; i < 10; i++) ports.add(yield* port(read))
+        assert.deepStrictEqual([...ports].sort(), [r1!.port, r2!.port].sort())
+      }).pipe(Effect.provide(pools(cluster)))
+    }))
+
+  it.effect("reads DATABASE_READ_URLS, comma-separated", () =>
+    Effect.gen(function*() {
+      const cluster = yield* Cluster
+      const env = {
+        DATABASE_URL: Redacted.value(cluster.primary.url),
+        DATABASE_READ_URLS: cluster.replicas.map((r) => Redacted.value(r.url)).join(" , "),
+        DATABASE_MAX_REPLICA_LAG: "5 seconds",
+        DATABASE_REPLICA_FALLBACK: "fail"
+      }
+      yield* Effect.gen(function*() {
+        const read = yield* ReadPool
+        const stats = yield* replicaStats(read)
+        assert.strictEqual(stats.replicas.length, 2)
+        assert.notStrictEqual(yield* port(read), cluster.primary.port)
+      }).pipe(
+        Effect.provide(DbPool.layerConfig().pipe(
+          Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env }))),
+          Layer.provideMerge(quiet)
+        ))
+      )
+    }))
+})
