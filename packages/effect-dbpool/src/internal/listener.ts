@@ -91,6 +91,21 @@ const connectionString = (url: string, ssl: ListenerSettings["ssl"]): string => 
   }
 }
 
+/**
+ * One URL per host of a URL naming several (`postgres://u:p@db1:5432,db2:5432/app`), in order; node-postgres
+ * takes one host. `target_session_attrs` goes too: LISTEN needs a primary whatever it says (a standby refuses it).
+ */
+export const hostUrls = (url: string): ReadonlyArray<string> => {
+  const m = /^([a-z]+:\/\/)([^@/?#]*@)?([^/?#]*)(.*)$/i.exec(url)
+  if (m === null || !m[3]!.includes(",")) return [url]
+  const rest = m[4]!.replace(/([?&])target_session_attrs=[^&]*&?/, "$1").replace(/[?&]$/, "")
+  return m[3]!.split(",").map((host) => `${m[1]}${m[2] ?? ""}${host}${rest}`)
+}
+
+/** A client connected to a standby (in recovery), where LISTEN is refused. */
+const onStandby = (c: pg.Client): Promise<boolean> =>
+  c.query("SELECT pg_is_in_recovery() AS r").then((result) => result.rows[0]?.["r"] === true)
+
 const plainCause = (u: unknown): Error => {
   const e = new Error(u instanceof Error ? u.message : String(u))
   if (u instanceof Error) e.name = u.name
@@ -159,11 +174,32 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
       channels.clear()
     }
 
-    const connectWith = (password: Redacted.Redacted<string> | undefined) => Effect.tryPromise({
+    const candidates = hostUrls(Redacted.value(settings.url))
+    const connectWith = (password: Redacted.Redacted<string> | undefined) =>
+      candidates.length === 1
+        ? connectTo(password, candidates[0]!)
+        // Several hosts (a primary and its standbys): the first that answers and is not in recovery.
+        : Effect.gen(function*() {
+          let last: unknown = new Error("no host of the URL is a primary")
+          for (const url of candidates) {
+            const connected = yield* Effect.result(connectTo(password, url))
+            if (connected._tag === "Failure") {
+              last = connected.failure
+              continue
+            }
+            const c = connected.success
+            const standby = yield* Effect.tryPromise({ try: () => onStandby(c), catch: (cause) => cause }).pipe(Effect.result)
+            if (standby._tag === "Success" && !standby.success) return c
+            last = standby._tag === "Failure" ? standby.failure : new Error("the host is a standby: LISTEN needs the primary")
+            yield* end(c)
+          }
+          return yield* Effect.fail(last)
+        })
+    const connectTo = (password: Redacted.Redacted<string> | undefined, url: string) => Effect.tryPromise({
       // Interrupted while connecting (the pool closing during a reconnect), the client must not live on.
       try: async (signal) => {
         const c = new pg.Client({
-          connectionString: connectionString(Redacted.value(settings.url), settings.ssl),
+          connectionString: connectionString(url, settings.ssl),
           application_name: settings.applicationName,
           connectionTimeoutMillis: settings.connectTimeoutMillis,
           keepAlive: true,
