@@ -71,6 +71,11 @@ export interface Config {
   /** A replica for the read pool. */
   readonly readUrl?: Redacted.Redacted<string> | undefined
   /**
+   * Where the listening connection goes, when not to `url`: LISTEN needs a session of its own, so behind PgBouncer
+   * in transaction mode this is the Postgres server itself.
+   */
+  readonly listenUrl?: Redacted.Redacted<string> | undefined
+  /**
    * Several replicas for the read pool (then `readUrl` is not used): one read-only pool of its own per replica
    * (`readMinSize` / `readMaxSize` each, named `default/read/replica1`, …), each call to the least busy usable one.
    * A replica whose statements fail with `ConnectFailed` / `ConnectionLost`, or that lags more than
@@ -383,14 +388,16 @@ const build = <W, R, N>(name: string, keys: Keys<W, R, N>, given: Config) =>
       if (readSettings.server !== writeSettings.server) yield* check(primaryRead, readSettings.server)
     }
     const r = hasReplicas ? yield* readReplicas(config, name, w, primaryRead) : primaryRead
+    // LISTEN needs a session of its own: behind a pooler in transaction mode it goes straight to Postgres.
+    const listenUrl = config.listenUrl ?? writeSettings.url
     const listener = yield* Listener.make({
       name: `${name}/listen`,
-      url: writeSettings.url,
-      server: writeSettings.server,
+      url: listenUrl,
+      server: describeServer(listenUrl),
       applicationName: writeSettings.applicationName,
       connectTimeoutMillis: writeSettings.connectTimeoutMillis,
       password: config.password,
-      ssl: listenerSsl(config.ssl, writeSettings.url),
+      ssl: listenerSsl(config.ssl, listenUrl),
       reconnect: config.listenReconnect ?? Listener.defaultReconnect,
       healthCheckInterval: Duration.fromInputUnsafe(config.listenHealthCheckInterval ?? "5 seconds")
     })
@@ -408,6 +415,7 @@ const fromEnv = (prefix: string): C.Config<Config> => {
   return C.all({
     url: C.Redacted(`${prefix}DATABASE_URL`),
     readUrl: C.option(C.Redacted(`${prefix}DATABASE_READ_URL`)),
+    listenUrl: C.option(C.Redacted(`${prefix}DATABASE_LISTEN_URL`)),
     readUrls: C.option(C.Redacted(`${prefix}DATABASE_READ_URLS`)),
     maxReplicaLag: duration("DATABASE_MAX_REPLICA_LAG"),
     replicaFallback: C.option(C.Literals(["primary", "fail"], `${prefix}DATABASE_REPLICA_FALLBACK`)),
@@ -432,6 +440,7 @@ const fromEnv = (prefix: string): C.Config<Config> => {
     C.map((c) => ({
       url: c.url,
       readUrl: Option.getOrUndefined(c.readUrl),
+      listenUrl: Option.getOrUndefined(c.listenUrl),
       readUrls: Option.match(c.readUrls, {
         onNone: () => undefined,
         onSome: (urls) =>
