@@ -1,0 +1,48 @@
+#!/usr/bin/env node
+/**
+ * dbpool: a command line for effect-dbpool.
+ *
+ *   dbpool query "SELECT * FROM test_values WHERE id = $1" 459 [--json|--csv] [--read]
+ *   dbpool dry-run "SQL" [params…]
+ *   dbpool notify CHANNEL PAYLOAD
+ *   dbpool listen CHANNEL… [--payload json]
+ *
+ * Connection: --url, DATABASE_URL, or --embedded [--schema file.sql].
+ */
+import { NodeRuntime, NodeServices } from "@effect/platform-node"
+import { Cause, Effect, Exit } from "effect"
+import { CliError, Command } from "effect/cli"
+import { dryRun } from "./commands/dryRun.ts"
+import { listen } from "./commands/listen.ts"
+import { notify } from "./commands/notify.ts"
+import { query } from "./commands/query.ts"
+import { errorLine } from "./output.ts"
+import { interruptExit, stderr } from "./run.ts"
+
+export const dbpool = Command.make("dbpool").pipe(
+  Command.withDescription("Postgres from the command line through effect-dbpool: query, dry-run, notify, listen."),
+  Command.withExamples([
+    { command: "dbpool query \"SELECT * FROM test_values WHERE id = \\$1\" 459 --url postgres://app@localhost/app", description: "Run a query" },
+    { command: "dbpool listen jobs", description: "Follow a channel (DATABASE_URL)" },
+    { command: "dbpool query \"SELECT 1\" --embedded", description: "Against a throwaway embedded server" }
+  ]),
+  Command.withSubcommands([query, dryRun, notify, listen])
+)
+
+const program = Command.run(dbpool, { version: "0.1.0" }).pipe(
+  // Every failure is one line on stderr. Parse errors were already shown with the help by effect/cli.
+  Effect.tapCause((cause) => {
+    if (Cause.hasInterruptsOnly(cause)) return Effect.void
+    const error = Cause.squash(cause)
+    return CliError.isCliError(error) ? Effect.void : stderr(errorLine(error))
+  }),
+  Effect.provide(NodeServices.layer)
+)
+
+NodeRuntime.runMain(program, {
+  disableErrorReporting: true,
+  teardown: (exit, onExit) => {
+    if (Exit.isSuccess(exit)) return onExit(0)
+    return onExit(Cause.hasInterruptsOnly(exit.cause) ? interruptExit.code : 1)
+  }
+})
