@@ -20,7 +20,7 @@ import { fromDriver, isConnectionFailure, sqlStateClass } from "./errors.ts"
 import { arrayText, arrayTypeOid, isJsonObject, Json } from "./literal.ts"
 import * as Notify from "./notify.ts"
 import * as Telemetry from "./telemetry.ts"
-import { classify } from "./sqlText.ts"
+import { classify, operationOf } from "./sqlText.ts"
 
 /** How to open connections; derived from the pool's config. */
 export interface ConnectOptions {
@@ -603,7 +603,7 @@ export const streamStatement = (
 
 /** A statement's span: named by its operation, with its text (never its values). */
 export const traced = <A, E, R>(target: Telemetry.Target, text: string, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => {
-  const operation = Telemetry.operationOf(text)
+  const operation = operationOf(text)
   return Telemetry.span(target, operation, Telemetry.statementAttributes(text, operation), effect)
 }
 

@@ -11,6 +11,7 @@ import type { PartialTransaction } from "../PartialTransaction.ts"
 import type { Statement } from "../Statement.ts"
 import * as Conn from "./connection.ts"
 import * as Slots from "./slots.ts"
+import { operationOf } from "./sqlText.ts"
 import * as Telemetry from "./telemetry.ts"
 
 /** Everything one pool needs, resolved from the user's config. */
@@ -136,7 +137,7 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
     const runLeased = (prepared: Conn.Prepared, schema: Schema.Top | undefined) => {
       // A statement that changes the session must not change it under pipelined neighbours.
       const mode: Slots.Mode = prepared.changesSession ? "exclusive" : "shared"
-      return withLease(() => preview(prepared.text), Telemetry.operationOf(prepared.text), mode, (lease) =>
+      return withLease(() => preview(prepared.text), operationOf(prepared.text), mode, (lease) =>
         Conn.runPrepared(lease.conn, prepared, schema, mode === "shared" ? () => !slots.alone(lease) : undefined))
     }
 
@@ -150,7 +151,7 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
     const runFast = (prepared: Conn.Prepared): Effect.Effect<ReadonlyArray<unknown>, DbError.DbError> =>
       Effect.callback<ReadonlyArray<unknown>, DbError.DbError>((resume) => {
         const lease = slots.tryAcquire("shared")
-        const operation = Telemetry.operationOf(prepared.text)
+        const operation = operationOf(prepared.text)
         if (lease === undefined) {
           return resume(withLease(() => preview(prepared.text), operation, "shared", (lease) =>
             Effect.map(Conn.execute(lease.conn, prepared.text, prepared.params, () => !slots.alone(lease)), Conn.plainRows)))

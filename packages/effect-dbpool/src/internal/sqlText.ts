@@ -124,19 +124,34 @@ export const changesSession = (text: string): boolean => classify(text) === "ses
 /** What a statement does to its connection, as far as the pool cares. */
 export type Kind = "transaction control" | "session change" | "plain"
 
-/** Statement texts repeat (they come from templates): each is classified once. Bounded, and cleared when full. */
-const kinds = new Map<string, Kind>()
+/** What the pool and the telemetry read off a statement's first word. */
+interface Described {
+  readonly kind: Kind
+  /** The first keyword, upper-cased (`SELECT`, `WITH`, …): the span name and `db.operation.name`. */
+  readonly operation: string
+}
 
-/** Classifies a statement text (cached). */
-export const classify = (text: string): Kind => {
-  let kind = kinds.get(text)
-  if (kind === undefined) {
+/** Statement texts repeat (they come from templates): each is read once. Bounded, and cleared when full. */
+const described = new Map<string, Described>()
+
+const describe = (text: string): Described => {
+  let d = described.get(text)
+  if (d === undefined) {
     const word = firstWordAt(text)
-    kind = transactionControl.test(word) ? "transaction control" : sessionSetting.test(word) ? "session change" : "plain"
+    d = {
+      kind: transactionControl.test(word) ? "transaction control" : sessionSetting.test(word) ? "session change" : "plain",
+      operation: /^[a-z]+/i.exec(word)?.[0]?.toUpperCase() ?? "SQL"
+    }
     if (text.length <= 4096) {
-      if (kinds.size >= 2048) kinds.clear()
-      kinds.set(text, kind)
+      if (described.size >= 2048) described.clear()
+      described.set(text, d)
     }
   }
-  return kind
+  return d
 }
+
+/** Classifies a statement text (cached). */
+export const classify = (text: string): Kind => describe(text).kind
+
+/** The operation of a statement: its first keyword, upper-cased (`SELECT`, `WITH`, …); cached with its kind. */
+export const operationOf = (text: string): string => describe(text).operation

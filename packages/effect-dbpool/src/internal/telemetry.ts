@@ -87,20 +87,6 @@ export const statementAttributes = (text: string, operation: string): Record<str
   "db.operation.name": operation
 })
 
-const operations = new Map<string, string>()
-
-/** The operation of a statement: its first keyword, upper-cased (`SELECT`, `WITH`, …); remembered per text. */
-export const operationOf = (text: string): string => {
-  let op = operations.get(text)
-  if (op !== undefined) return op
-  const m = /^\s*(?:--[^\n]*\n\s*|\/\*[\s\S]*?\*\/\s*)*([A-Za-z]+)/.exec(text)
-  op = m?.[1]?.toUpperCase() ?? "SQL"
-  // Statement texts repeat; one that builds its text each time must not grow this without bound.
-  if (operations.size >= 1000) operations.clear()
-  operations.set(text, op)
-  return op
-}
-
 // -- metrics --------------------------------------------------------------------------
 
 const seconds = Metric.exponentialBoundaries({ start: 0.0001, factor: 2, count: 18 }) // 0.1 ms … 13 s
