@@ -106,6 +106,12 @@ const queryWorkload = async (): Promise<{ run: Run; close: () => Promise<void> }
       })
       return effectRunner(layer, op)
     }
+    case "Effect over postgres.js": {
+      // The floor for any Effect wrapper: raw postgres.js called from fibers through Effect.promise, no pool logic.
+      const sql = postgres(url, { max: poolSize, prepare: true, onnotice: () => {} })
+      const op = () => Effect.promise(() => sql.unsafe(pointText, [randomId(rows)], { prepare: true }))
+      return { ...effectRunner(Layer.empty, Effect.succeed(op)), close: () => sql.end({ timeout: 2 }) }
+    }
     case "effect-sql-pg":
     case "effect-sql-pg-multiplex": {
       const layer = PgClient.layer({

@@ -103,7 +103,32 @@ const append = (parts: Array<string>, params: Array<Value>, value: unknown): voi
   }
 }
 
-const template = (strings: TemplateStringsArray, ...values: ReadonlyArray<unknown>): Statement => {
+/**
+ * The text of a template whose values are all plain values depends only on its
+ * call site's strings, which JavaScript keeps as one frozen object per site: built
+ * once, the same string then reaches every cache keyed by text (the classifier,
+ * the driver's prepared statements) without being joined and hashed again.
+ */
+const plainTexts = new WeakMap<TemplateStringsArray, string>()
+
+const template = (strings: TemplateStringsArray, ...values: Array<unknown>): Statement => {
+  let plain = true
+  for (let i = 0; i < values.length; i++) {
+    if (isStatement(values[i])) {
+      plain = false
+      break
+    }
+  }
+  // A hand-made strings array (not frozen) may change: only a call site's own is cached.
+  if (plain && Object.isFrozen(strings)) {
+    let text = plainTexts.get(strings)
+    if (text === undefined) {
+      text = strings[0]!
+      for (let i = 1; i < strings.length; i++) text += `$${i}${strings[i]!}`
+      plainTexts.set(strings, text)
+    }
+    return make(text, values as Array<Value>) // checked when the statement runs, as append's values are
+  }
   const parts: Array<string> = [strings[0]!]
   const params: Array<Value> = []
   for (let i = 0; i < values.length; i++) {

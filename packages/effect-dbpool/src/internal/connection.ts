@@ -602,7 +602,11 @@ export const streamStatement = (
 }
 
 /** A statement's span: named by its operation, with its text (never its values). */
-export const traced = <A, E, R>(target: Telemetry.Target, text: string, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => {
+export const traced = <A, E, R>(target: Telemetry.Target, text: string, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.withFiber((fiber) => (Telemetry.tracing(fiber) ? tracedNow(target, text, effect) : effect))
+
+/** {@link traced}, for a caller that knows spans are exported. */
+const tracedNow = <A, E, R>(target: Telemetry.Target, text: string, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => {
   const operation = operationOf(text)
   return Telemetry.span(target, operation, Telemetry.statementAttributes(text, operation), effect)
 }
@@ -646,8 +650,10 @@ export const begin = (conn: Conn, options?: TransactionOptions): Effect.Effect<v
     conn.txDepth = 1
     conn.failed = false
     const local = localSettings(options)
-    const opened = Effect.asVoid(control(conn, beginText(options)))
-    return local.length === 0 ? opened : Effect.andThen(opened, Effect.forEach(local, (text) => control(conn, text), { discard: true }))
+    const opened = control(conn, beginText(options))
+    return local.length === 0
+      ? Effect.asVoid(opened)
+      : Effect.andThen(opened, Effect.forEach(local, (text) => control(conn, text), { discard: true }))
   }))
 
 const aborted = (what: string) =>
@@ -666,15 +672,13 @@ const aborted = (what: string) =>
 export const commit = (conn: Conn): Effect.Effect<void, DbError.DbError> =>
   Effect.uninterruptible(Effect.suspend(() => {
     const failedBefore = conn.failed
-    return control(conn, "COMMIT").pipe(
-      // Answered, the transaction is over (committed, or rolled back by the server). A COMMIT that failed (a
-      // deferred constraint, a stray cancel) may leave it open and aborted: the depth stays, so check-in rolls back.
-      Effect.tap(() => Effect.sync(() => {
-        conn.txDepth = 0
-        conn.failed = false
-      })),
-      Effect.flatMap((result) => result.command === "ROLLBACK" || failedBefore ? Effect.fail(aborted("transaction")) : Effect.void)
-    )
+    // Answered, the transaction is over (committed, or rolled back by the server). A COMMIT that failed (a
+    // deferred constraint, a stray cancel) may leave it open and aborted: the depth stays, so check-in rolls back.
+    return Effect.flatMap(control(conn, "COMMIT"), (result) => {
+      conn.txDepth = 0
+      conn.failed = false
+      return result.command === "ROLLBACK" || failedBefore ? Effect.fail(aborted("transaction")) : Effect.void
+    })
   }))
 
 /** Undoes session settings (back to the connection's startup values); a connection that cannot is marked dead. */
@@ -732,18 +736,17 @@ export const transaction = <A, E, R>(
   options: TransactionOptions | undefined,
   connection: Connection
 ): Effect.Effect<A, E | DbError.DbError, R> =>
-  Effect.uninterruptibleMask((restore) =>
-    Effect.gen(function*() {
-      if (conn.txDepth === 0) {
-        yield* Effect.onError(begin(conn, options), () => rollback(conn))
-        const exit = yield* Effect.exit(restore(f(connection)))
-        if (exit._tag === "Failure") {
-          yield* rollback(conn)
-          return yield* exit
-        }
-        yield* commit(conn)
-        return exit.value
-      }
+  Effect.uninterruptibleMask((restore) => {
+    if (conn.txDepth === 0) {
+      // The hot path of every transaction: combinators, not a generator (whose stepping costs more per statement).
+      return Effect.flatMap(
+        Effect.onError(begin(conn, options), () => rollback(conn)),
+        () =>
+          Effect.flatMap(Effect.exit(restore(f(connection))), (exit): Effect.Effect<A, E | DbError.DbError, R> =>
+            exit._tag === "Failure" ? Effect.andThen(rollback(conn), exit) : Effect.as(commit(conn), exit.value))
+      )
+    }
+    return Effect.gen(function*() {
       if (options !== undefined) {
         return yield* new DbError.InvalidInput({
           message: "a nested transaction is a savepoint: isolation level and access mode belong to the outermost transaction"
@@ -771,7 +774,7 @@ export const transaction = <A, E, R>(
       yield* Effect.onError(control(conn, `RELEASE SAVEPOINT ${name}`), () => undo)
       return exit.value
     })
-  )
+  })
 
 // ---------------------------------------------------------------------------
 // transaction steps one at a time, for the effect/sql bridge (effectSql.ts), whose
@@ -849,10 +852,13 @@ export const handle = (
   const connection: Connection = {
     pid: conn.pid,
     // The overloads of Connection["run"] are implemented by this one signature.
+    // One look at the fiber for both checks: this runs for every statement of every transaction.
     run: ((statement: Statement, schema?: Schema.Top) =>
-      held(() =>
-        target === undefined ? run(conn, statement, schema) : traced(target, statement.text, run(conn, statement, schema))
-      )) as Connection["run"],
+      Effect.withFiber((fiber) => {
+        if (!valid()) return Effect.fail(returned)
+        const effect = run(conn, statement, schema)
+        return target !== undefined && Telemetry.tracing(fiber) ? tracedNow(target, statement.text, effect) : effect
+      })) as Connection["run"],
     // Likewise for Connection["notify"].
     notify: ((channel: string, payload: unknown, schema?: Schema.Top) =>
       held(() => notify(conn, channel, payload, schema))) as Connection["notify"],

@@ -3,7 +3,7 @@
  * on connections leased from the slots (see slots.ts), rolling back or
  * resetting whatever a holder left before a connection goes back.
  */
-import { Clock, Context, type Duration, Effect, LogLevel, References, type Schema, type Scope, Semaphore, Stream } from "effect"
+import { Clock, Context, type Duration, Effect, LogLevel, References, type Schema, Scope, Semaphore, Stream } from "effect"
 import type { Connection, StreamOptions, TransactionOptions } from "../Connection.ts"
 import * as DbError from "../DbError.ts"
 import type { InteractionPool, PoolStats } from "../InteractionPool.ts"
@@ -186,64 +186,69 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
       })
     }
 
-    const partialTransaction = (options?: TransactionOptions) =>
-      Effect.gen(function*() {
-        const lease = yield* Effect.uninterruptibleMask((restore) =>
-          Effect.flatMap(restore(slots.acquire("exclusive")), (lease) =>
-            Effect.as(Effect.addFinalizer(() => checkIn(lease, "exclusive")), lease))
-        )
-        const conn = lease.conn
-        const tx = {}
-        let state: "open" | "committed" | "rolled back" | "closed" = "open"
-        const lock = yield* Semaphore.make(1)
-        // Runs before the check-in (finalizers run last-added first): no step can start on a returned connection.
-        yield* Effect.addFinalizer(() =>
-          lock.withPermits(1)(Effect.sync(() => {
-            if (state === "open") state = "closed"
-          }))
-        )
-        yield* Conn.begin(conn, options)
-        const guarded = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | DbError.DbError, R> =>
-          Effect.suspend((): Effect.Effect<A, E | DbError.DbError, R> =>
-            state === "open"
-              ? effect
-              : Effect.fail(new DbError.InvalidInput({ message: `the partial transaction is already ${state}` }))
-          )
-        /** Steps are serialised, except a step started from inside a running step of this transaction. */
-        const step = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | DbError.DbError, R> =>
-          Effect.withFiber((fiber) => {
-            const current = fiber.getRef(CurrentSteps)
-            if (current.some((s) => s.tx === tx && s.live)) return guarded(effect)
-            const self: Step = { tx, live: true }
-            return lock.withPermits(1)(
-              guarded(effect).pipe(
-                Effect.provideService(CurrentSteps, [...current, self]),
-                Effect.ensuring(Effect.sync(() => {
-                  self.live = false
-                }))
-              )
+    const partialTransaction = (options?: TransactionOptions): Effect.Effect<PartialTransaction, DbError.DbError, Scope.Scope> =>
+      Effect.flatMap(Effect.scope, (scope) =>
+        Effect.uninterruptibleMask((restore) =>
+          Effect.flatMap(restore(slots.acquire("exclusive")), (lease) => {
+            const conn = lease.conn
+            const tx = {}
+            let state: "open" | "committed" | "rolled back" | "closed" = "open"
+            const lock = Semaphore.makeUnsafe(1)
+            // One finalizer, added with the lease: first no step can start (it waits for a running one), then the
+            // check-in. Scope.addFinalizer, not Effect.addFinalizer: there is no context of the caller's to restore.
+            const close = Effect.andThen(
+              lock.withPermits(1)(Effect.sync(() => {
+                if (state === "open") state = "closed"
+              })),
+              Effect.suspend(() => checkIn(lease, "exclusive")) // decided at close: what the holder left by then
             )
+            const guarded = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | DbError.DbError, R> =>
+              Effect.suspend((): Effect.Effect<A, E | DbError.DbError, R> =>
+                state === "open"
+                  ? effect
+                  : Effect.fail(new DbError.InvalidInput({ message: `the partial transaction is already ${state}` }))
+              )
+            /**
+             * Steps are serialised, except a step started from inside a running step of this transaction. Only an
+             * interaction runs the caller's code, so only its step is marked in the fiber's context (`nests`): a
+             * statement's step cannot contain another, and skips that cost.
+             */
+            const step = <A, E, R>(effect: Effect.Effect<A, E, R>, nests = false): Effect.Effect<A, E | DbError.DbError, R> =>
+              Effect.withFiber((fiber) => {
+                const current = fiber.getRef(CurrentSteps)
+                if (current.length > 0 && current.some((s) => s.tx === tx && s.live)) return guarded(effect)
+                if (!nests) return lock.withPermits(1)(guarded(effect))
+                const self: Step = { tx, live: true }
+                return lock.withPermits(1)(
+                  guarded(effect).pipe(
+                    Effect.provideService(CurrentSteps, [...current, self]),
+                    Effect.ensuring(Effect.sync(() => {
+                      self.live = false
+                    }))
+                  )
+                )
+              })
+            const finish = (next: "committed" | "rolled back", effect: Effect.Effect<void, DbError.DbError>) =>
+              step(Effect.ensuring(effect, Effect.sync(() => {
+                state = next
+              })))
+            const partial: PartialTransaction = {
+              pid: conn.pid,
+              // The overloads of PartialTransaction["run"] are implemented by this one signature.
+              run: ((statement: Statement, schema?: Schema.Top) =>
+                step(Conn.traced(settings.target, statement.text, Conn.run(conn, statement, schema)))) as PartialTransaction["run"],
+              // Likewise for PartialTransaction["notify"].
+              notify: ((channel: string, payload: unknown, schema?: Schema.Top) =>
+                step(Conn.notify(conn, channel, payload, schema))) as PartialTransaction["notify"],
+              interaction: <A, E, R>(f: (connection: Connection) => Effect.Effect<A, E, R>) =>
+                step(withHandle(conn, f, () => state === "open"), true),
+              // Both are uninterruptible once their statement is sent: the connection's state is then known.
+              commit: finish("committed", Telemetry.span(settings.target, "COMMIT", { "db.operation.name": "COMMIT" }, Conn.commit(conn))),
+              rollback: finish("rolled back", Telemetry.span(settings.target, "ROLLBACK", { "db.operation.name": "ROLLBACK" }, Conn.rollback(conn)))
+            }
+            return Effect.andThen(Scope.addFinalizer(scope, close), Effect.as(Conn.begin(conn, options), partial))
           })
-        const finish = (next: "committed" | "rolled back", effect: Effect.Effect<void, DbError.DbError>) =>
-          step(Effect.ensuring(effect, Effect.sync(() => {
-            state = next
-          })))
-        const partial: PartialTransaction = {
-          pid: conn.pid,
-          // The overloads of PartialTransaction["run"] are implemented by this one signature.
-          run: ((statement: Statement, schema?: Schema.Top) =>
-            step(Conn.traced(settings.target, statement.text, Conn.run(conn, statement, schema)))) as PartialTransaction["run"],
-          // Likewise for PartialTransaction["notify"].
-          notify: ((channel: string, payload: unknown, schema?: Schema.Top) =>
-            step(Conn.notify(conn, channel, payload, schema))) as PartialTransaction["notify"],
-          interaction: <A, E, R>(f: (connection: Connection) => Effect.Effect<A, E, R>) =>
-            step(withHandle(conn, f, () => state === "open")),
-          // Both are uninterruptible once their statement is sent: the connection's state is then known.
-          commit: finish("committed", Telemetry.span(settings.target, "COMMIT", { "db.operation.name": "COMMIT" }, Conn.commit(conn))),
-          rollback: finish("rolled back", Telemetry.span(settings.target, "ROLLBACK", { "db.operation.name": "ROLLBACK" }, Conn.rollback(conn)))
-        }
-        return partial
-      })
+        ))
 
     /** The read pool runs read-only transactions only: asking it for a read-write one gets a read-only one. */
     const transactionOptions = (options: TransactionOptions | undefined): TransactionOptions | undefined =>
