@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Logger, References } from "effect"
+import { Effect, Logger, Redacted, References } from "effect"
 import { DbPool, sql, WritePool } from "effect-dbpool"
 import { inject } from "vitest"
 import { databaseUrl, harness } from "./support.ts"
@@ -54,6 +54,26 @@ describe("logging", () => {
         const password = new URL(inject("databaseUrl")).password
         assert.isAbove(password.length, 0)
         assert.notInclude(JSON.stringify(lines), password)
+      }))
+    )
+  })
+
+  it.live("a URL naming several hosts is logged as its hosts and database, never its password", () => {
+    const { lines, layer } = capture()
+    const u = new URL(inject("databaseUrl"))
+    // Both hosts are the test server: the first answers, and the log names both.
+    const multi = `postgres://${u.username}:${u.password}@${u.host},${u.host}${u.pathname}?target_session_attrs=read-write`
+    const pools = DbPool.layer({ url: Redacted.make(multi), maxSize: 1, applicationName: h.appName, checkOnStart: false })
+    return Effect.gen(function*() {
+      const pool = yield* WritePool
+      assert.deepStrictEqual(yield* pool.run(sql`SELECT ${1}::int AS one`), [{ one: 1 }])
+    }).pipe(
+      Effect.provide(pools),
+      Effect.provide(layer),
+      Effect.andThen(Effect.sync(() => {
+        const started = lines.find((l) => l.message.includes("pool started") && l.annotations["pool"] === "default/write")
+        assert.strictEqual(started?.annotations["server"], `${u.host},${u.host}${u.pathname}`)
+        assert.notInclude(JSON.stringify(lines), u.password)
       }))
     )
   })

@@ -12,6 +12,7 @@ import * as Listener from "./internal/listener.ts"
 import * as NotificationsImpl from "./internal/notifications.ts"
 import * as Pool from "./internal/pool.ts"
 import * as Replicas from "./internal/replicas.ts"
+import * as Server from "./internal/server.ts"
 import * as Slots from "./internal/slots.ts"
 import * as Telemetry from "./internal/telemetry.ts"
 import { Notifications, type NotificationsService } from "./Notifications.ts"
@@ -179,12 +180,10 @@ export type Ssl =
  * may fall back to a plain connection, are left to the drivers.
  */
 const urlSsl = (url: Redacted.Redacted<string>): Ssl | undefined => {
-  let mode: string | null
-  try {
-    mode = new URL(Redacted.value(url)).searchParams.get("sslmode")
-  } catch {
-    return undefined
-  }
+  // The query string alone: a URL naming several hosts is not a WHATWG URL.
+  const text = Redacted.value(url)
+  const query = text.indexOf("?")
+  const mode = query < 0 ? null : new URLSearchParams(text.slice(query + 1).split("#")[0]).get("sslmode")
   if (mode === "disable" || mode === "require" || mode === "verify-full") return mode
   return mode === "verify-ca" ? "verify-full" : undefined
 }
@@ -286,14 +285,7 @@ const pipelining = (p: Pipelining | false | undefined): Slots.Pipelining => {
 }
 
 /** `host:port/database` — what logs and errors may say about a server. */
-const describeServer = (url: Redacted.Redacted<string>): string => {
-  try {
-    const u = new URL(Redacted.value(url))
-    return `${u.hostname}:${u.port || "5432"}${u.pathname === "" ? "" : u.pathname}`
-  } catch {
-    return "(unparseable URL)"
-  }
-}
+const describeServer = (url: Redacted.Redacted<string>): string => Server.describe(Redacted.value(url))
 
 const sizes = (config: Config, kind: "write" | "read") => {
   // The read pool opens nothing until it is used: its minimum is its own setting, never the write pool's.

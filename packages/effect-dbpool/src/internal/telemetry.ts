@@ -10,6 +10,7 @@
  * connection, a failed connect) are recorded as they happen.
  */
 import { type Context, Duration, Effect, type Fiber, Metric, References, Tracer } from "effect"
+import * as Server from "./server.ts"
 
 /** How often gauges are sampled: well inside any scrape interval, and few wake-ups for an idle pool. */
 export const sampleEvery = Duration.seconds(5)
@@ -24,14 +25,13 @@ export interface Target {
   readonly port: number
 }
 
-/** `host:port/database` of a URL, as a Target (the URL itself, with its password, goes nowhere). */
+/** The server of a URL (its first host, for several), as a Target: the URL itself, with its password, goes nowhere. */
 export const target = (pool: string, url: string): Target => {
-  try {
-    const u = new URL(url)
-    return { pool, namespace: decodeURIComponent(u.pathname.slice(1)) || "postgres", address: u.hostname, port: Number(u.port || 5432) }
-  } catch {
-    return { pool, namespace: "", address: "", port: 0 }
-  }
+  const server = Server.parse(url)
+  const first = server?.hosts[0]
+  return server === undefined || first === undefined
+    ? { pool, namespace: "", address: "", port: 0 }
+    : { pool, namespace: server.database, address: first.host, port: first.port }
 }
 
 const attributesOf = (t: Target): Record<string, unknown> => ({

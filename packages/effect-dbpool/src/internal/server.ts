@@ -1,0 +1,56 @@
+/**
+ * What a connection URL may say about its server in logs, errors, stats and
+ * spans: hosts, ports and database — never the user or the password. Handles
+ * the multi-host form (`postgres://u:p@db1:5432,db2:5432/app`), which the
+ * WHATWG URL parser rejects.
+ */
+
+/** One host of a URL, with its port (5432 when the URL names none). */
+export interface Host {
+  readonly host: string
+  readonly port: number
+}
+
+/** The server part of a URL. */
+export interface Server {
+  readonly hosts: ReadonlyArray<Host>
+  /** The database, `postgres` when the URL names none (the server's default for user `postgres`). */
+  readonly database: string
+}
+
+const shape = /^postgres(?:ql)?:\/\/(?:[^@/?#]*@)?([^/?#]*)(?:\/([^?#]*))?/i
+
+const hostOf = (part: string): Host | undefined => {
+  // [v6]:port, host:port, or a bare host.
+  const m = /^(\[[^\]]+\]|[^:]*)(?::(\d+))?$/.exec(part)
+  if (m === null || m[1] === "") return undefined
+  return { host: m[1]!.replace(/^\[(.*)\]$/, "$1"), port: m[2] === undefined ? 5432 : Number(m[2]) }
+}
+
+/** The hosts and database of a URL, or undefined when it is not a postgres URL. */
+export const parse = (url: string): Server | undefined => {
+  const m = shape.exec(url)
+  if (m === null) return undefined
+  // No host at all: the drivers connect to localhost.
+  const hosts: Array<Host> = m[1] === "" ? [{ host: "localhost", port: 5432 }] : []
+  for (const part of m[1] === "" ? [] : m[1]!.split(",")) {
+    const host = hostOf(part)
+    if (host === undefined) return undefined
+    hosts.push(host)
+  }
+  let database = "postgres"
+  try {
+    database = decodeURIComponent(m[2] ?? "") || "postgres"
+  } catch {
+    return undefined
+  }
+  return { hosts, database }
+}
+
+/** `host:port/database` (hosts joined by commas): what logs and errors may say about a server. */
+export const describe = (url: string): string => {
+  const server = parse(url)
+  if (server === undefined) return "(unparseable URL)"
+  const hosts = server.hosts.map((h) => `${h.host.includes(":") ? `[${h.host}]` : h.host}:${h.port}`).join(",")
+  return `${hosts}/${server.database}`
+}
