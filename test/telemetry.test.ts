@@ -57,6 +57,31 @@ describe("spans", () => {
     }).pipe(Effect.provide(h.pools({ maxSize: 2 })), Effect.withTracer(rec.tracer))
   })
 
+  it.live("a stream is one client span from its first pull to its end, under the caller's; an abandoned one ends too", () => {
+    const rec = recording()
+    return Effect.gen(function*() {
+      const pool = yield* WritePool
+      const text = "SELECT id FROM test_values WHERE id <= $1 ORDER BY id"
+      const rows = yield* pool.stream(sql`SELECT id FROM test_values WHERE id <= ${2500} ORDER BY id`).pipe(
+        Stream.runCount,
+        Effect.withSpan("export")
+      )
+      assert.strictEqual(rows, 2500)
+      const span = rec.spans.find((s) => s.name === "SELECT" && attr(s, "db.query.text") === text)
+      assert.isDefined(span, `spans: ${rec.spans.map((s) => s.name).join(", ")}`)
+      assert.strictEqual(span?.kind, "client")
+      assert.strictEqual(parentName(span), "export")
+      assert.strictEqual(attr(span, "effect_dbpool.stream"), true)
+      assert.strictEqual(attr(span, "db.client.connection.pool.name"), "default/write")
+      assert.isTrue(span?.status._tag === "Ended" && Exit.isSuccess(span.status.exit))
+      // Taken two rows of: the stream ends there, and so does its span.
+      yield* pool.stream(sql`SELECT id FROM test_values WHERE id <= ${9000} ORDER BY id`).pipe(Stream.take(2), Stream.runDrain)
+      const partial = rec.spans.filter((s) => attr(s, "db.query.text") === text).at(-1)
+      assert.notStrictEqual(partial, span)
+      assert.strictEqual(partial?.status._tag, "Ended")
+    }).pipe(Effect.provide(h.pools({ maxSize: 2 })), Effect.withTracer(rec.tracer))
+  })
+
   it.live("a failed statement carries its SQLSTATE; an interrupted one says so", () => {
     const rec = recording()
     return Effect.gen(function*() {

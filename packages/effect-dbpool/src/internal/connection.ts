@@ -865,7 +865,10 @@ export const handle = (
     transaction: (f, options) => held(() => transaction(conn, f, transactionOptions(options), connection)),
     // Likewise for Connection["stream"].
     stream: ((statement: Statement, schemaOrOptions?: Schema.Top | StreamOptions, options?: StreamOptions) =>
-      Stream.unwrap(held(() => Effect.succeed(streamStatement(conn, statement, schemaOrOptions, options))))) as Connection["stream"]
+      {
+        const rows = Stream.unwrap(held(() => Effect.succeed(streamStatement(conn, statement, schemaOrOptions, options))))
+        return target === undefined ? rows : Telemetry.streamSpan(target, statement.text, operationOf(statement.text), rows)
+      }) as Connection["stream"]
   }
   return connection
 }

@@ -268,14 +268,14 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
       // Checked before a connection is acquired, as `run` does.
       const prepared = Conn.prepare(statement)
       if (prepared instanceof DbError.InvalidInput) return Stream.fail(prepared)
-      return Stream.unwrap(Effect.gen(function*() {
+      return Telemetry.streamSpan(settings.target, prepared.text, operationOf(prepared.text), Stream.unwrap(Effect.gen(function*() {
         // Held for the stream's life; the cursor's own finalizer (inner scope) closes it before the check-in.
         const lease = yield* Effect.uninterruptibleMask((restore) =>
           Effect.flatMap(restore(slots.acquire("exclusive")), (lease) =>
             Effect.as(Effect.addFinalizer(() => checkIn(lease, "exclusive")), lease))
         )
         return Conn.streamStatement(lease.conn, statement, schemaOrOptions, options)
-      }))
+      })))
     }
 
     const impl: PoolImpl = {

@@ -9,7 +9,7 @@
  * updated per statement; events off the hot path (a wait, a timeout, a discarded
  * connection, a failed connect) are recorded as they happen.
  */
-import { type Context, Duration, Effect, type Fiber, Metric, References, Tracer } from "effect"
+import { type Context, Duration, Effect, type Fiber, Metric, References, Stream, Tracer } from "effect"
 import * as Server from "./server.ts"
 
 /** How often gauges are sampled: well inside any scrape interval, and few wake-ups for an idle pool. */
@@ -80,6 +80,23 @@ export const span = <A, E, R>(
       })
       : effect
   )
+
+/**
+ * A stream of a statement's rows in a client span, from its first pull (the
+ * wait for a connection included) until it ends, fails or is interrupted, when
+ * traces are exported; the stream itself otherwise.
+ */
+export const streamSpan = <A, E, R>(t: Target, text: string, operation: string, stream: Stream.Stream<A, E, R>): Stream.Stream<A, E, R> =>
+  Stream.unwrap(Effect.withFiber((fiber) =>
+    Effect.succeed(
+      tracing(fiber)
+        ? Stream.withSpan(stream, operation, {
+          kind: "client",
+          attributes: { ...attributesOf(t), ...statementAttributes(text, operation), "effect_dbpool.stream": true }
+        })
+        : stream
+    )
+  ))
 
 /** Span attributes of a statement: its text (placeholders, never values) and operation. */
 export const statementAttributes = (text: string, operation: string): Record<string, unknown> => ({
