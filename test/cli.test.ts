@@ -1,8 +1,9 @@
 /**
  * The `dbpool` command line (packages/cli), run as child processes with the
  * pinned Node and the same flags as the root `dbpool` script, against the
- * test server. `listen` runs inside tmux, as a person would run it, and is
- * stopped with Ctrl-C.
+ * test server. `listen`, `stats --watch` and `bench` run inside tmux, as a
+ * person would run them, their screen read; the first two are stopped with
+ * Ctrl-C.
  */
 import { spawn, spawnSync } from "node:child_process"
 import * as Path from "node:path"
@@ -163,8 +164,110 @@ describe("dbpool notify", () => {
   })
 })
 
+/** The cells, trimmed, of the first row of an aligned table whose first cells are `leading`. */
+const rowOf = (text: string, ...leading: ReadonlyArray<string>): Array<string> | undefined =>
+  text.split("\n")
+    .map((line) => line.split("|").map((cell) => cell.trim()))
+    .find((cells) => cells.length > leading.length && leading.every((cell, i) => cells[i] === cell))
+
+describe("dbpool stats", () => {
+  it("prints its pools' and listener's figures and the server's sessions, its own among them", async () => {
+    const channel = `cli_stats_${process.pid}`
+    const [settings] = await observer`SELECT current_setting('max_connections') AS max_connections`
+    const run = await withUrl("stats", "--listen", channel)
+    expect(run.stderr).toBe("")
+    expect(run.code).toBe(0)
+    // pool | idle | used | pending | min | max | server max: the CLI's pools hold 0 to 2 connections each, and both
+    // pools and the listener share the one server (2 + 2 + 1).
+    const write = rowOf(run.stdout, "default/write")
+    const read = rowOf(run.stdout, "default/read")
+    expect(write).toEqual(["default/write", expect.stringMatching(/^[0-2]$/), "0", "0", "0", "2", "5"])
+    expect(read).toEqual(["default/read", expect.stringMatching(/^[0-2]$/), "0", "0", "0", "2", "5"])
+    // connected | channels | listening on | subscribers | delivered | dropped | reconnects
+    expect(rowOf(run.stdout, "yes")).toEqual(["yes", "1", channel, "1", "0", "0", "0"])
+    // The server's view agrees with the pools': the read connection was running the sessions query (active); the
+    // write pool's idle connections and the listener were idle.
+    expect(rowOf(run.stdout, appName, "active")).toEqual([appName, "active", "1", expect.stringMatching(/^\d+ms$/), expect.stringMatching(/^\d+ms$/), "0"])
+    expect(rowOf(run.stdout, appName, "idle")).toEqual([appName, "idle", String(Number(write?.[1]) + 1), "-", "-", "0"])
+    expect(run.stdout).toMatch(new RegExp(`^\\d+ client sessions of max_connections ${settings?.["max_connections"]} · notification queue \\d+\\.\\d% used · listening channels: 1 of this CLI`, "m"))
+    expect(run.stdout).toContain(`server ${new URL(url).hostname}:${new URL(url).port}${new URL(url).pathname} · `)
+  })
+})
+
+describe("dbpool bench", () => {
+  it("--json: a summary with ops, ordered percentiles and no errors, on --pool-size connections", async () => {
+    const benchApp = `${appName}-bench-${process.pid}`
+    const running = dbpool(["bench", "--duration", "2s", "--concurrency", "4", "--pool-size", "3", "--json", "--url", url, "--application-name", benchApp])
+    // The sessions the server sees while it runs: the write pool's (the read pool and the listener are never used).
+    let done = false
+    void running.then(() => (done = true))
+    let mostSessions = 0
+    while (!done) {
+      mostSessions = Math.max(mostSessions, (await cliSessions(benchApp)).length)
+      await sleep(100)
+    }
+    const run = await running
+    // Not a terminal: no progress line, stdout is the summary alone.
+    expect(run.stderr).toBe("")
+    expect(run.code).toBe(0)
+    const summary = JSON.parse(run.stdout)
+    expect(summary).toMatchObject({ statement: "SELECT $1::int AS n", concurrency: 4, poolSize: 3, errors: 0, interrupted: false })
+    expect(summary.ops).toBeGreaterThan(0)
+    expect(summary.durationMs).toBeGreaterThanOrEqual(2000)
+    expect(summary.durationMs).toBeLessThan(6000)
+    expect(Math.abs(summary.opsPerSecond - summary.ops / (summary.durationMs / 1000)) / summary.opsPerSecond).toBeLessThan(0.01)
+    const { p50, p90, p99, max } = summary.latencyMs
+    expect(p50).toBeGreaterThan(0)
+    expect(p50).toBeLessThanOrEqual(p90)
+    expect(p90).toBeLessThanOrEqual(p99)
+    expect(p99).toBeLessThanOrEqual(max)
+    expect(mostSessions).toBe(3)
+    expect(await until(() => cliSessions(benchApp), (s) => s.length === 0)).toEqual([])
+  })
+
+  it("rejects a duration it cannot read, saying what it expects", async () => {
+    const run = await dbpool(["bench", "--duration", "soon", "--url", url])
+    expect(run.code).toBe(1)
+    expect(run.stderr).toContain(`Invalid value for flag --duration: "soon". Expected: a duration such as 500ms, 2s or 1m`)
+  })
+})
+
+describe("shell completions", () => {
+  const commands = ["query", "dry-run", "notify", "listen", "stats", "bench"]
+  const hasBash = spawnSync("bash", ["--version"]).status === 0
+
+  it.skipIf(!hasBash)("bash: the script completes command names and a command's flags", async () => {
+    const run = await dbpool(["--completions", "bash"])
+    expect(run.code).toBe(0)
+    expect(run.stdout).toContain("complete -F _dbpool dbpool")
+    // The script itself, run by bash as the shell would on Tab: `dbpool ` offers every command, `dbpool st` stats,
+    // `dbpool bench --c` --concurrency.
+    const complete = (line: string) => {
+      const script = `${run.stdout}
+COMP_LINE=${JSON.stringify(line)}; COMP_POINT=\${#COMP_LINE}; read -ra COMP_WORDS <<< "$COMP_LINE"
+[[ "$COMP_LINE" == *" " ]] && COMP_WORDS+=("")
+COMP_CWORD=$(( \${#COMP_WORDS[@]} - 1 )); _dbpool; printf '%s\\n' "\${COMPREPLY[@]}"`
+      const result = spawnSync("bash", ["-c", script], { encoding: "utf8" })
+      expect(result.stderr).toBe("")
+      return result.stdout.trim().split("\n")
+    }
+    expect(complete("dbpool ")).toEqual(commands)
+    expect(complete("dbpool st")).toEqual(["stats"])
+    expect(complete("dbpool bench --c")).toEqual(["--concurrency"])
+    expect(complete("dbpool stats --w")).toEqual(["--watch"])
+  })
+
+  it.each(["zsh", "fish"])("%s: the script names every command", async (shell) => {
+    const run = await dbpool(["--completions", shell])
+    expect(run.code).toBe(0)
+    for (const command of commands) {
+      expect(run.stdout).toMatch(shell === "fish" ? new RegExp(`-a '${command}'`) : new RegExp(`'${command}:`))
+    }
+  })
+})
+
 describe("--help", () => {
-  it.each(["query", "dry-run", "notify", "listen"])("of %s has a description and examples", async (command) => {
+  it.each(["query", "dry-run", "notify", "listen", "stats", "bench"])("of %s has a description and examples", async (command) => {
     const run = await dbpool([command, "--help"])
     expect(run.code).toBe(0)
     expect(run.stdout).toContain("DESCRIPTION")
@@ -220,6 +323,110 @@ describe.skipIf(!hasTmux)("dbpool listen (in tmux)", () => {
       expect(final).not.toContain(password)
     } finally {
       tmux(unique, "kill-server")
+    }
+  })
+})
+
+/** A command run in a fresh tmux server of its own, its exit code shown on the screen after it ends. */
+const inTmux = (args: ReadonlyArray<string>, height = 50) => {
+  const socket = `dbpool-cli-${process.pid}-${Date.now()}`
+  const command = [node, ...nodeFlags, main, ...args].map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(" ")
+  const started = tmux(
+    socket, "new-session", "-d", "-s", socket, "-x", "200", "-y", String(height), "-e", `DATABASE_URL=${url}`,
+    `trap : INT; ${command}; echo "dbpool exited with $?"; sleep 600`
+  )
+  return {
+    started,
+    screen: () => tmux(socket, "capture-pane", "-p", "-t", socket).stdout,
+    ctrlC: () => void tmux(socket, "send-keys", "-t", socket, "C-c"),
+    kill: () => void tmux(socket, "kill-server")
+  }
+}
+
+describe.skipIf(!hasTmux)("dbpool stats --watch (in tmux)", () => {
+  it("redraws its figures in place as they change, and stops cleanly on Ctrl-C", async () => {
+    const channel = `cli_watch_${process.pid}`
+    const watchApp = `${appName}-watch-${process.pid}`
+    const otherApp = `${appName}-other-${process.pid}`
+    const term = inTmux(["stats", "--watch", "--interval", "300ms", "--listen", channel, "--application-name", watchApp], 80)
+    const other = postgres(url, { max: 1, onnotice: () => {}, connection: { application_name: otherApp } })
+    const refreshOf = (s: string) => Number(/ · refresh (\d+) every 300ms · Ctrl-C to stop/.exec(s)?.[1] ?? 0)
+    try {
+      expect(term.started.stderr).toBe("")
+      expect(term.started.code).toBe(0)
+      // Node compiling the TypeScript sources takes seconds on a busy machine: a generous first wait.
+      const first = await until(term.screen, (s) => refreshOf(s) > 0 && rowOf(s, watchApp, "idle") !== undefined, 30_000)
+      expect(first).toMatch(/^dbpool stats · server [^ ]+:\d+\/\w+ · \d{4}-\d\d-\d\dT[\d:.]+Z · refresh \d+ every 300ms · Ctrl-C to stop$/m)
+      // Its listener is connected and LISTENs on the channel; nothing delivered yet.
+      expect(rowOf(first, "yes")).toEqual(["yes", "1", channel, "1", "0", "0", "0"])
+      // Redrawn, not scrolled: a later frame replaced the first at the top of the screen.
+      const later = await until(term.screen, (s) => refreshOf(s) > refreshOf(first))
+      expect(refreshOf(later)).toBeGreaterThan(refreshOf(first))
+      expect(later.split("\n")[0]).toMatch(/^dbpool stats · /)
+      expect(later.match(/dbpool stats · /g)).toHaveLength(1)
+
+      // Two notifications: the listener's delivered count goes to 2.
+      await observer.notify(channel, "one")
+      await observer.notify(channel, "two")
+      const delivered = await until(term.screen, (s) => rowOf(s, "yes")?.[4] === "2")
+      expect(rowOf(delivered, "yes")).toEqual(["yes", "1", channel, "1", "2", "0", "0"])
+
+      // Another application's session, in an open transaction: its row appears with the transaction's age...
+      const reserved = await other.reserve()
+      await reserved`BEGIN`
+      await reserved`SELECT 1`
+      const inTransaction = await until(term.screen, (s) => rowOf(s, otherApp, "idle in transaction") !== undefined)
+      expect(rowOf(inTransaction, otherApp, "idle in transaction")).toEqual([otherApp, "idle in transaction", "1", expect.stringMatching(/^\d+(ms|\.\ds)$/), "-", "0"])
+      // ...and goes once the session ends.
+      await reserved`ROLLBACK`
+      reserved.release()
+      await other.end({ timeout: 1 })
+      expect(rowOf(await until(term.screen, (s) => !s.includes(otherApp)), otherApp)).toBeUndefined()
+
+      term.ctrlC()
+      const after = await until(term.screen, (s) => s.includes("dbpool exited with"))
+      expect(after).toContain("dbpool exited with 0")
+      // The last frame stays on the screen, above the exit line.
+      expect(after).toMatch(/listening channels: 1 of this CLI[^\n]*\n+(\^C)?dbpool exited with 0/)
+      expect(await until(() => cliSessions(watchApp), (s) => s.length === 0)).toEqual([])
+      outputs.push(after)
+      expect(after).not.toContain(password)
+    } finally {
+      term.kill()
+      await other.end({ timeout: 1 })
+    }
+  })
+})
+
+describe.skipIf(!hasTmux)("dbpool bench (in tmux)", () => {
+  it("shows a live progress line, redrawn in place, then the summary", async () => {
+    const benchApp = `${appName}-bench-tty-${process.pid}`
+    const term = inTmux(["bench", "--duration", "4s", "--concurrency", "2", "--application-name", benchApp])
+    const progress = /^bench (\d+\.\d)s\/4\.0s · (\d+) ops\/s · p50 (\d+\.\d\d) ms · p99 (\d+\.\d\d) ms · errors 0 · ops (\d+)$/m
+    try {
+      expect(term.started.code).toBe(0)
+      const first = await until(term.screen, (s) => progress.test(s), 30_000)
+      const [, elapsed, rate, p50, p99, ops] = progress.exec(first) ?? []
+      expect(Number(rate)).toBeGreaterThan(0)
+      expect(Number(p50)).toBeLessThanOrEqual(Number(p99))
+      expect(Number(ops)).toBeGreaterThan(0)
+      // Live: a later reading shows more time and more ops, on the same single line.
+      const later = await until(term.screen, (s) => Number(progress.exec(s)?.[1] ?? 0) > Number(elapsed))
+      expect(Number(progress.exec(later)?.[5])).toBeGreaterThan(Number(ops))
+      expect(later.split("\n").filter((line) => /^bench \d/.test(line))).toHaveLength(1)
+
+      const done = await until(term.screen, (s) => s.includes("dbpool exited with"), 30_000)
+      expect(done).toContain("dbpool exited with 0")
+      expect(done).toMatch(/^ops +\d+ \(\d+ ops\/s\)$/m)
+      expect(done).toMatch(/^errors +0$/m)
+      expect(done).toMatch(/^latency ms +p50 [\d.]+ · p90 [\d.]+ · p99 [\d.]+ · max [\d.]+$/m)
+      // The progress line was wiped before the summary.
+      expect(done).not.toMatch(progress)
+      expect(await until(() => cliSessions(benchApp), (s) => s.length === 0)).toEqual([])
+      outputs.push(done)
+      expect(done).not.toContain(password)
+    } finally {
+      term.kill()
     }
   })
 })

@@ -17,7 +17,8 @@ export const connectionFlags = {
     Flag.withDescription("Start a throwaway embedded Postgres for this command (stopped and deleted at the end)"),
     Flag.withDefault(false)
   ),
-  schema: Flag.String("schema").pipe(
+  // A file flag (not a plain string) so that shell completions offer file names after --schema.
+  schema: Flag.File("schema").pipe(
     Flag.withDescription("With --embedded: a SQL file loaded once the server is up, e.g. sql/test_schema.sql"),
     Flag.optional
   ),
@@ -87,23 +88,34 @@ export const serverUrl = (
     return yield* Effect.fail(new ConnectionSetupError("no database: pass --url, set DATABASE_URL, or use --embedded"))
   })
 
+/** Pool sizes of a command that needs other than the small default (`bench`). */
+export interface PoolSizes {
+  readonly minSize: number
+  readonly maxSize: number
+  readonly readMaxSize: number
+}
+
+/** A command line runs one statement at a time: two connections per pool, none kept open. */
+export const defaultPoolSizes: PoolSizes = { minSize: 0, maxSize: 2, readMaxSize: 2 }
+
 /**
- * The pools of a command on its server: small (a command line runs one
- * statement at a time), pool start/close logs silenced.
+ * The pools of a command on its server: small unless `sizes` says otherwise,
+ * pool start/close logs silenced.
  */
 export const pools = (
   options: ConnectionOptions,
-  onServer: (server: string) => Effect.Effect<void> = () => Effect.void
+  onServer: (server: string) => Effect.Effect<void> = () => Effect.void,
+  sizes: PoolSizes = defaultPoolSizes
 ): Layer.Layer<WritePool | ReadPool | Notifications.Notifications, ConnectionSetupError | DbError.ConnectFailed> =>
   Layer.unwrap(Effect.gen(function*() {
     const url = yield* serverUrl(options)
     yield* onServer(describeUrl(url))
     return DbPool.layer({
       url,
-      minSize: 0,
-      maxSize: 2,
+      minSize: sizes.minSize,
+      maxSize: sizes.maxSize,
       readMinSize: 0,
-      readMaxSize: 2,
+      readMaxSize: sizes.readMaxSize,
       applicationName: options.applicationName,
       connectTimeout: "10 seconds",
       acquireTimeout: "30 seconds"

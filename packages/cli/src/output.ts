@@ -30,11 +30,14 @@ const columnsOf = (rows: ReadonlyArray<Readonly<Record<string, unknown>>>): Read
   return columns
 }
 
-/** An aligned table, psql style, with a row count at the end. */
-export const table = (rows: ReadonlyArray<Readonly<Record<string, unknown>>>): string => {
+/** An aligned table, psql style, with a row count at the end unless `rowCount: false`. */
+export const table = (
+  rows: ReadonlyArray<Readonly<Record<string, unknown>>>,
+  options: { readonly rowCount?: boolean } = {}
+): string => {
   const columns = columnsOf(rows)
   const count = `(${rows.length} ${rows.length === 1 ? "row" : "rows"})`
-  if (columns.length === 0) return count
+  if (columns.length === 0) return options.rowCount === false ? "(none)" : count
   const cells = rows.map((row) => columns.map((c) => cellText(row[c]).replace(/\n/g, "\\n")))
   const widths = columns.map((c, i) => Math.max(c.length, ...cells.map((r) => r[i]!.length)))
   const numeric = columns.map((c) => rows.length > 0 && rows.every((r) => typeof r[c] === "number" || typeof r[c] === "bigint" || r[c] === null))
@@ -44,7 +47,7 @@ export const table = (rows: ReadonlyArray<Readonly<Record<string, unknown>>>): s
     line(columns, false),
     widths.map((w) => "-".repeat(w)).join("-+-"),
     ...cells.map((r) => line(r, true)),
-    count
+    ...(options.rowCount === false ? [] : [count])
   ].join("\n")
 }
 
