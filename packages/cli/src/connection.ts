@@ -40,16 +40,8 @@ export class ConnectionSetupError extends Error {
   readonly _tag = "ConnectionSetupError"
 }
 
-/** `host:port/database` of a URL: never its user or password. */
-export const describeUrl = (url: Redacted.Redacted<string>): string => {
-  try {
-    const u = new URL(Redacted.value(url))
-    const db = decodeURIComponent(u.pathname.replace(/^\//, "")) || "(default database)"
-    return `${u.hostname}:${u.port || "5432"}/${db}`
-  } catch {
-    return "(unparsable URL)"
-  }
-}
+/** `host:port/database` of a URL: never its user or password (the library's own reading, as its logs say it). */
+export const describeUrl = (url: Redacted.Redacted<string>): string => DbPool.describeServer(url)
 
 /** The server's URL: `--url`, `DATABASE_URL`, or an embedded server that lives as long as the enclosing scope. */
 export const serverUrl = (

@@ -284,8 +284,21 @@ const pipelining = (p: Pipelining | false | undefined): Slots.Pipelining => {
   }
 }
 
-/** `host:port/database` — what logs and errors may say about a server. */
-const describeServer = (url: Redacted.Redacted<string>): string => Server.describe(Redacted.value(url))
+/**
+ * What logs, errors and stats say about a server: `host:port/database` (hosts
+ * joined by commas for a URL naming several), never the user or password.
+ *
+ * @example
+ * ```ts
+ * import { Redacted } from "effect"
+ * import { DbPool } from "effect-dbpool"
+ *
+ * DbPool.describeServer(Redacted.make("postgres://app:secret@db1:5432,db2:5432/app")) // "db1:5432,db2:5432/app"
+ * ```
+ *
+ * @since 0.1.0
+ */
+export const describeServer = (url: Redacted.Redacted<string>): string => Server.describe(Redacted.value(url))
 
 const sizes = (config: Config, kind: "write" | "read") => {
   // The read pool opens nothing until it is used: its minimum is its own setting, never the write pool's.
