@@ -7,14 +7,15 @@
 import { Cluster } from "@effect-dbpool/embedded-postgres/Cluster"
 import { assert, layer } from "@effect/vitest"
 import { Deferred, Effect, Fiber, Layer, Queue, Redacted, References, Schedule, Stream } from "effect"
-import { DbPool, type Notifications as N, Notifications, sql, WritePool } from "effect-dbpool"
+import { DbPool, type Notifications as N, Notifications, ReadPool, sql, WritePool } from "effect-dbpool"
 
-/** `postgres://user:password@host:port/db` of each node, as one URL naming both, primary first. */
-const bothHosts = (primary: string, standby: string): string => {
+/** `postgres://user:password@host:port/db` of each node, as one URL naming them all, primary first. */
+const allHosts = (primary: string, ...standbys: ReadonlyArray<string>): string => {
   const p = new URL(primary)
-  const s = new URL(standby)
-  return `postgres://${p.username}:${p.password}@${p.host},${s.host}${p.pathname}?target_session_attrs=read-write`
+  const hosts = [p.host, ...standbys.map((s) => new URL(s).host)].join(",")
+  return `postgres://${p.username}:${p.password}@${hosts}${p.pathname}?target_session_attrs=read-write`
 }
+const bothHosts = allHosts
 
 // excludeTestServices: real clock (the pool's timeouts, the cluster's polling).
 layer(Cluster.layer({ replicas: 1 }), { timeout: 90_000, excludeTestServices: true })("failover", (it) => {
@@ -77,6 +78,52 @@ layer(Cluster.layer({ replicas: 1 }), { timeout: 90_000, excludeTestServices: tr
         yield* notifications.notify("failover_channel", "after failover")
         const next = yield* Queue.take(events).pipe(Effect.repeat({ until: (e) => e._tag === "Notification", times: 100 }))
         assert.strictEqual(next._tag === "Notification" ? next.payload : undefined, "after failover")
+      }).pipe(Effect.provide(pools))
+    }))
+})
+
+// Two standbys, the second promoted: postgres.js alone takes a hot standby for read-write (it reads only
+// default_transaction_read_only, off on a standby), so the pool would stay on the first standby for good.
+layer(Cluster.layer({ replicas: 2 }), { timeout: 120_000, excludeTestServices: true })("failover to the second standby", (it) => {
+  it.effect("with the primary down no write lands on a standby; the promoted second standby takes the writes, and reads on the same URL run there read-only", () =>
+    Effect.gen(function*() {
+      const cluster = yield* Cluster
+      const [first, second] = [cluster.replicas[0]!, cluster.replicas[1]!]
+      const url = Redacted.make(allHosts(Redacted.value(cluster.primary.url), Redacted.value(first.url), Redacted.value(second.url)))
+      const pools = DbPool.layer({
+        url,
+        maxSize: 2,
+        connectTimeout: "2 seconds",
+        acquireTimeout: "3 seconds",
+        applicationName: "dbpool-test-failover-2",
+        checkOnStart: false
+      }).pipe(Layer.provide(Layer.succeed(References.MinimumLogLevel, "Error")))
+      yield* Effect.gen(function*() {
+        const write = yield* WritePool
+        const read = yield* ReadPool
+        yield* write.run(sql`CREATE TABLE failover_two (id int PRIMARY KEY)`)
+        yield* cluster.awaitReplay(first)
+        yield* cluster.awaitReplay(second)
+        // Reads on a URL asking for read-write: the primary, in a read-only session (the driver alone never connects).
+        const before = yield* read.run(sql`SELECT inet_server_port() AS port, current_setting('transaction_read_only') AS ro`)
+        assert.deepStrictEqual([Number(before[0]?.["port"]), before[0]?.["ro"]], [cluster.primary.port, "on"])
+
+        yield* cluster.stop(cluster.primary)
+        // No primary: writes fail to connect (typed), never run on a standby.
+        for (let i = 0; i < 3; i++) {
+          const error = yield* Effect.flip(write.run(sql`INSERT INTO failover_two VALUES (${100 + i})`))
+          assert.include(["ConnectFailed", "ConnectionLost", "PoolTimeout"], error._tag, `${error._tag}: ${error.message}`)
+        }
+
+        yield* cluster.promote(second)
+        const rows = yield* write.run(sql`INSERT INTO failover_two VALUES (${1}) RETURNING inet_server_port() AS port`).pipe(
+          Effect.retry({ schedule: Schedule.spaced("200 millis"), times: 50 })
+        )
+        assert.strictEqual(Number(rows[0]?.["port"]), second.port)
+        const after = yield* read.run(sql`SELECT inet_server_port() AS port, current_setting('transaction_read_only') AS ro`).pipe(
+          Effect.retry({ schedule: Schedule.spaced("200 millis"), times: 50 })
+        )
+        assert.deepStrictEqual([Number(after[0]?.["port"]), after[0]?.["ro"]], [second.port, "on"])
       }).pipe(Effect.provide(pools))
     }))
 })

@@ -16,6 +16,7 @@ import type { Connection, Row, StreamOptions, TransactionOptions } from "../Conn
 import * as DbError from "../DbError.ts"
 import type { Statement, Value } from "../Statement.ts"
 import { arrayTypesQuery, installArrayParsers } from "./arrays.ts"
+import * as Server from "./server.ts"
 import { fromDriver, isConnectionFailure, sqlStateClass } from "./errors.ts"
 import { arrayText, arrayTypeOid, isJsonObject, Json } from "./literal.ts"
 import * as Notify from "./notify.ts"
@@ -131,8 +132,8 @@ const connectFailed = (server: string, cause: unknown): DbError.DbError => {
 }
 
 /** A single-connection driver instance; throws on an unparseable URL. */
-const driver = (options: ConnectOptions, password: Redacted.Redacted<string> | undefined, onclose: () => void): postgres.Sql =>
-  postgres(Redacted.value(options.url), {
+const driver = (options: ConnectOptions, url: string, password: Redacted.Redacted<string> | undefined, onclose: () => void): postgres.Sql =>
+  postgres(url, {
     max: 1,
     idle_timeout: 0,
     max_lifetime: null,
@@ -150,9 +151,111 @@ const driver = (options: ConnectOptions, password: Redacted.Redacted<string> | u
     }
   })
 
+/** A connection opened on one host, not yet owned by a scope, and whether that server is a standby. */
+interface Opened {
+  readonly conn: Conn
+  readonly standby: boolean
+}
+
+/** Opens one connection to the one host of `url`; on failure or interruption it destroys what it started. */
+const openOne = (
+  options: ConnectOptions,
+  url: string,
+  password: Redacted.Redacted<string> | undefined,
+  expiresAt: number,
+  restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+): Effect.Effect<Opened, DbError.DbError> =>
+  Effect.suspend(() => {
+    let conn: Conn | undefined
+    let sql: postgres.Sql
+    try {
+      sql = driver(options, url, password, () => {
+        if (conn !== undefined) socketClosed(conn)
+      })
+    } catch {
+      // The driver throws on a URL it cannot parse, with the URL in the error: say so without repeating it.
+      return Effect.fail(new DbError.ConnectFailed({ message: `cannot connect: the connection URL is not valid`, server: options.server }))
+    }
+    const c = new Conn(sql, options.server, expiresAt)
+    conn = c
+    return restore(Effect.tryPromise({
+      try: () =>
+        sql.unsafe(`SELECT pg_backend_pid() AS pid, pg_is_in_recovery() AS standby, ${arrayTypesQuery} AS array_types`),
+      catch: (cause) => connectFailed(options.server, cause)
+    })).pipe(
+      // Failed or interrupted before the scope owns it: nothing to end gracefully (end() would wait its full timeout).
+      Effect.onError(() =>
+        Effect.suspend(() => {
+          markDead(c)
+          return close(c)
+        })
+      ),
+      Effect.map((rows) => {
+        c.pid = Number(rows[0]?.["pid"])
+        installArrayParsers(sql, rows[0]?.["array_types"])
+        return { conn: c, standby: rows[0]?.["standby"] === true }
+      })
+    )
+  })
+
+/**
+ * Tries the hosts in order for one whose role fits; every connection not kept
+ * is closed, also when the search fails or is interrupted.
+ */
+const chooseHost = (
+  options: ConnectOptions,
+  hosts: ReadonlyArray<string>,
+  role: Server.Role,
+  openHost: (url: string) => Effect.Effect<Opened, DbError.DbError>
+): Effect.Effect<Conn, DbError.DbError> => {
+  /** A primary kept while looking on for a standby (prefer-standby takes a primary when no standby answers). */
+  let fallback: Conn | undefined
+  const search = Effect.gen(function*() {
+    let last: DbError.DbError = new DbError.ConnectFailed({ message: `cannot connect to ${options.server}: no host to try`, server: options.server })
+    for (const host of hosts) {
+      const opened = yield* Effect.result(openHost(host))
+      if (opened._tag === "Failure") {
+        last = opened.failure
+        continue
+      }
+      const { conn, standby } = opened.success
+      if (role === "any" || (role === "primary" ? !standby : standby)) return conn
+      if (role === "prefer-standby" && fallback === undefined) {
+        fallback = conn
+        continue
+      }
+      yield* close(conn)
+      last = new DbError.ConnectFailed({
+        message: `cannot connect to ${options.server}: no host is a ${role === "primary" ? "primary" : "standby"} ` +
+          `(the last to answer is ${standby ? "in recovery" : "not in recovery"})`,
+        server: options.server
+      })
+    }
+    if (fallback !== undefined) {
+      const kept = fallback
+      fallback = undefined
+      return kept
+    }
+    return yield* Effect.fail(last)
+  })
+  return search.pipe(
+    Effect.onExit((exit) => {
+      // Not kept: a standby was found after it, or the search failed or was interrupted.
+      const spare = fallback
+      fallback = undefined
+      return spare === undefined || (exit._tag === "Success" && exit.value === spare) ? Effect.void : close(spare)
+    })
+  )
+}
+
 /**
  * Opens a connection and learns its backend pid; the scope closes it.
  * Interruptible while connecting: an interrupted attempt destroys what it started.
+ *
+ * A URL naming several hosts, or asking for a role (`target_session_attrs`),
+ * is served here rather than by the driver: the hosts are tried in order and
+ * the first whose `pg_is_in_recovery()` fits the role is kept (see
+ * Server.wantedRole for why the driver's own check will not do).
  */
 export const open = (options: ConnectOptions): Effect.Effect<Conn, DbError.DbError, Scope.Scope> =>
   Effect.uninterruptibleMask((restore) =>
@@ -160,39 +263,19 @@ export const open = (options: ConnectOptions): Effect.Effect<Conn, DbError.DbErr
       const now = yield* Clock.currentTimeMillis
       // Up to 10% less than the max lifetime, so that connections opened together do not all retire together.
       const expiresAt = now + options.maxLifetimeMillis * (1 - Math.random() * 0.1)
-      let conn: Conn | undefined
-      let sql: postgres.Sql
       const password = options.password === undefined ? undefined : yield* restore(Effect.mapError(
         options.password,
         // The failure itself may carry a secret: say only that the password could not be had.
         () => new DbError.ConnectFailed({ message: `cannot connect to ${options.server}: the password effect failed`, server: options.server })
       ))
-      try {
-        sql = driver(options, password, () => {
-          if (conn !== undefined) socketClosed(conn)
-        })
-      } catch {
-        // The driver throws on a URL it cannot parse, with the URL in the error: say so without repeating it.
-        return yield* new DbError.ConnectFailed({ message: `cannot connect: the connection URL is not valid`, server: options.server })
-      }
-      const c = new Conn(sql, options.server, expiresAt)
-      conn = c
-      const rows = yield* restore(Effect.tryPromise({
-        try: () => sql.unsafe(`SELECT pg_backend_pid() AS pid, ${arrayTypesQuery} AS array_types`),
-        catch: (cause) => connectFailed(options.server, cause)
-      })).pipe(
-        // Failed or interrupted before the scope owns it: nothing to end gracefully (end() would wait its full timeout).
-        Effect.onError(() =>
-          Effect.suspend(() => {
-            markDead(c)
-            return close(c)
-          })
-        )
-      )
-      c.pid = Number(rows[0]?.["pid"])
-      installArrayParsers(sql, rows[0]?.["array_types"])
-      yield* Effect.addFinalizer(() => close(c))
-      return c
+      const url = Redacted.value(options.url)
+      const hosts = Server.hostUrls(url)
+      const role = Server.wantedRole(url)
+      const conn = hosts.length === 1 && hosts[0] === url
+        ? (yield* openOne(options, url, password, expiresAt, restore)).conn
+        : yield* chooseHost(options, hosts, role, (host) => openOne(options, host, password, expiresAt, restore))
+      yield* Effect.addFinalizer(() => close(conn))
+      return conn
     })
   )
 

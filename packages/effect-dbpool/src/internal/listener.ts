@@ -11,6 +11,7 @@ import pg from "pg"
 import * as DbError from "../DbError.ts"
 import type { ListenEvent, ListenerStats } from "../Notifications.ts"
 import { quoteIdentifier } from "./literal.ts"
+import * as Server from "./server.ts"
 import * as Telemetry from "./telemetry.ts"
 
 export interface ListenerSettings {
@@ -91,17 +92,6 @@ const connectionString = (url: string, ssl: ListenerSettings["ssl"]): string => 
   }
 }
 
-/**
- * One URL per host of a URL naming several (`postgres://u:p@db1:5432,db2:5432/app`), in order; node-postgres
- * takes one host. `target_session_attrs` goes too: LISTEN needs a primary whatever it says (a standby refuses it).
- */
-export const hostUrls = (url: string): ReadonlyArray<string> => {
-  const m = /^([a-z]+:\/\/)([^@/?#]*@)?([^/?#]*)(.*)$/i.exec(url)
-  if (m === null || !m[3]!.includes(",")) return [url]
-  const rest = m[4]!.replace(/([?&])target_session_attrs=[^&]*&?/, "$1").replace(/[?&]$/, "")
-  return m[3]!.split(",").map((host) => `${m[1]}${m[2] ?? ""}${host}${rest}`)
-}
-
 /** A client connected to a standby (in recovery), where LISTEN is refused. */
 const onStandby = (c: pg.Client): Promise<boolean> =>
   c.query("SELECT pg_is_in_recovery() AS r").then((result) => result.rows[0]?.["r"] === true)
@@ -174,7 +164,7 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
       channels.clear()
     }
 
-    const candidates = hostUrls(Redacted.value(settings.url))
+    const candidates = Server.hostUrls(Redacted.value(settings.url))
     const connectWith = (password: Redacted.Redacted<string> | undefined) =>
       candidates.length === 1
         ? connectTo(password, candidates[0]!)

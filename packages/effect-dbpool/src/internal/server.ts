@@ -54,3 +54,36 @@ export const describe = (url: string): string => {
   const hosts = server.hosts.map((h) => `${h.host.includes(":") ? `[${h.host}]` : h.host}:${h.port}`).join(",")
   return `${hosts}/${server.database}`
 }
+
+/**
+ * One URL per host of a URL naming several, in order, each without
+ * `target_session_attrs`: the caller tries them in turn and checks the role
+ * itself (see {@link wantedRole}). A URL naming one host without the
+ * parameter comes back as it is.
+ */
+export const hostUrls = (url: string): ReadonlyArray<string> => {
+  const m = /^([a-z]+:\/\/)([^@/?#]*@)?([^/?#]*)(.*)$/i.exec(url)
+  if (m === null) return [url]
+  const rest = m[4]!.replace(/([?&])target_session_attrs=[^&#]*&?/i, "$1").replace(/[?&](?=#|$)/, "")
+  if (!m[3]!.includes(",") && rest === m[4]) return [url]
+  return m[3]!.split(",").map((host) => `${m[1]}${m[2] ?? ""}${host}${rest}`)
+}
+
+/**
+ * The server role a URL's `target_session_attrs` asks for, read from
+ * `pg_is_in_recovery()` after connecting: `primary` (read-write, primary),
+ * `standby` (read-only, standby), `prefer-standby`, or `any` (absent, any).
+ * postgres.js decides read-write from `default_transaction_read_only` alone,
+ * which is off on a hot standby too — and on in the read pool's own sessions,
+ * where it would reject every host.
+ */
+export type Role = "primary" | "standby" | "prefer-standby" | "any"
+
+export const wantedRole = (url: string): Role => {
+  const query = url.indexOf("?")
+  if (query < 0) return "any"
+  const attrs = new URLSearchParams(url.slice(query + 1).split("#")[0]).get("target_session_attrs")?.toLowerCase()
+  if (attrs === "read-write" || attrs === "primary") return "primary"
+  if (attrs === "read-only" || attrs === "standby") return "standby"
+  return attrs === "prefer-standby" ? "prefer-standby" : "any"
+}
