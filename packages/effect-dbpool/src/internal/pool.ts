@@ -29,6 +29,8 @@ export interface Settings extends Conn.ConnectOptions {
 /** The write pool's shape; the read pool exposes the `InteractionPool` part only. */
 export interface PoolImpl extends InteractionPool {
   readonly partialTransaction: (options?: TransactionOptions) => Effect.Effect<PartialTransaction, DbError.DbError, Scope.Scope>
+  /** How busy the pool is (statements and holders in flight plus waiters), read without sampling metrics: for routing. */
+  readonly load: () => number
 }
 
 /**
@@ -295,7 +297,8 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
       // The overloads of InteractionPool["stream"] are implemented by this one signature.
       stream: stream as InteractionPool["stream"],
       stats,
-      partialTransaction
+      partialTransaction,
+      load: slots.load
     }
     internalsByPool.set(impl, {
       readOnly: settings.readOnly,

@@ -86,26 +86,24 @@ export const make = (settings: Settings): Effect.Effect<InteractionPool, never, 
       }
     }
 
-    /** The least busy usable replica (used + pending connections), ties taken in turn; with `minLsn`, only those known to have replayed it. */
-    const pick = (minLsn: bigint | undefined): Effect.Effect<Entry | undefined> =>
-      Effect.gen(function*() {
-        const n = entries.length
-        const start = rotation++ % n
-        let best: Entry | undefined
-        let bestLoad = Infinity
-        for (let i = 0; i < n; i++) {
-          const e = entries[(start + i) % n]!
-          if (e.state !== "up") continue
-          if (minLsn !== undefined && (e.replayLsn === undefined || e.replayLsn < minLsn)) continue
-          const s = yield* e.pool.stats
-          const load = s.used + s.pending
-          if (load < bestLoad) {
-            best = e
-            bestLoad = load
-          }
+    /** The least busy usable replica (statements in flight plus callers waiting), ties taken in turn; with `minLsn`, only those known to have replayed it. */
+    const pick = (minLsn: bigint | undefined): Entry | undefined => {
+      const n = entries.length
+      const start = rotation++ % n
+      let best: Entry | undefined
+      let bestLoad = Infinity
+      for (let i = 0; i < n; i++) {
+        const e = entries[(start + i) % n]!
+        if (e.state !== "up") continue
+        if (minLsn !== undefined && (e.replayLsn === undefined || e.replayLsn < minLsn)) continue
+        const load = e.pool.load()
+        if (load < bestLoad) {
+          best = e
+          bestLoad = load
         }
-        return best
-      })
+      }
+      return best
+    }
 
     const unusable = () =>
       entries.map((e) => `${e.server} ${e.state}${e.reason === undefined ? "" : ` (${e.reason})`}`).join(", ")
@@ -139,9 +137,11 @@ export const make = (settings: Settings): Effect.Effect<InteractionPool, never, 
       Effect.withFiber((fiber) => {
         const token = fiber.getRef(CurrentToken)
         const minLsn = token === undefined ? undefined : Lsn.toBigInt(token.lsn)
+        // The common case decided at once, without a generator: a usable replica.
+        const now = pick(minLsn)
+        if (now !== undefined) return Effect.succeed({ entry: now, pool: now.pool })
         return Effect.gen(function*() {
-          let entry = yield* pick(minLsn)
-          if (entry !== undefined) return { entry, pool: entry.pool }
+          let entry: Entry | undefined
           if (minLsn === undefined || !entries.some((e) => e.state === "up")) {
             return { entry: undefined, pool: yield* fallbackOr(`no replica is usable: ${unusable()}`) }
           }
@@ -149,7 +149,7 @@ export const make = (settings: Settings): Effect.Effect<InteractionPool, never, 
           const deadline = clock.currentTimeMillisUnsafe() + waitMillis
           while (true) {
             yield* refresh(minLsn)
-            entry = yield* pick(minLsn)
+            entry = pick(minLsn)
             if (entry !== undefined) return { entry, pool: entry.pool }
             const left = deadline - clock.currentTimeMillisUnsafe()
             if (left <= 0 || !entries.some((e) => e.state === "up")) break

@@ -136,6 +136,8 @@ export interface Slots {
   /** Is this shared lease the only statement on its connection (so a cancel request can only hit it)? */
   readonly alone: (lease: Lease) => boolean
   readonly counts: () => Counts
+  /** Leases held (statements in flight, pipelined ones each counted) plus callers waiting: how busy the pool is, cheaply. */
+  readonly load: () => number
   readonly metrics: Telemetry.PoolMetrics
 }
 
@@ -159,6 +161,8 @@ export const make = (
     const ready: Array<() => void> = []
     let settling = false
     let opening = 0
+    /** Leases out (handed out and not yet released): changed by toHeld and release only. */
+    let held = 0
     /** Connects under way for nobody in particular (minSize top-ups), oldest first. */
     const unowned: Array<Attempt> = []
     let closed = false
@@ -202,6 +206,7 @@ export const make = (
 
     /** From idle (already taken off the idle list) or shared to held by one more caller in `mode`. */
     const toHeld = (slot: Slot, mode: Mode) => {
+      held++
       if (mode === "exclusive") slot.state = "exclusive"
       else {
         if (slot.state !== "shared") {
@@ -441,6 +446,7 @@ export const make = (
       })
 
     const release = (lease: Lease, mode: Mode, completed = false): void => {
+      held--
       // Only slots are handed out as leases.
       const slot = lease as Slot
       // One clock read per release: it times the completion and dates the idle connection.
@@ -503,5 +509,5 @@ export const make = (
     topUp()
     // Gauges exist from the start, not only from the first sample.
     counts()
-    return { acquire, tryAcquire, release, alone, counts, metrics }
+    return { acquire, tryAcquire, release, alone, counts, load: () => held + waiters.length, metrics }
   })
