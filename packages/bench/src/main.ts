@@ -64,13 +64,24 @@ interface Case {
 }
 
 const queryClients = ["effect-dbpool", "effect-dbpool (SqlClient)", "postgres.js", "effect-sql-pg", "effect-sql-pg-multiplex", "pg-pool"]
+/** Raw postgres.js called from fibers through Effect.promise, no pool logic (see worker.ts). */
+const floorClient = "Effect over postgres.js"
+/** Not peers of effect-dbpool: itself through effect/sql, and the floor. */
+const notPeers = new Set(["effect-dbpool", "effect-dbpool (SqlClient)", floorClient, "pgbench"])
 const pointScript = "\\set id random(1, 1000000)\nSELECT * FROM test_values WHERE id = :id;\n"
 const txnScript =
   "\\set id random(1, 1000000)\nBEGIN;\nSELECT * FROM test_values WHERE id = :id FOR UPDATE;\nUPDATE test_values SET val2 = val2 + 1 WHERE id = :id;\nEND;\n"
 
 const cases: ReadonlyArray<Case> = [
   ...[1, 64, 256].flatMap((concurrency) =>
-    [4, 16].map((poolSize): Case => ({ workload: "point-select", concurrency, poolSize, clients: queryClients, pgbench: pointScript }))
+    [4, 16].map((poolSize): Case => ({
+      workload: "point-select",
+      concurrency,
+      poolSize,
+      // At c=1, also the floor of any Effect wrapper over postgres.js: a reference, not a peer.
+      clients: concurrency === 1 ? [...queryClients, floorClient] : queryClients,
+      pgbench: pointScript
+    }))
   ),
   { workload: "write-transaction", concurrency: 16, poolSize: 16, clients: queryClients, pgbench: txnScript },
   { workload: "partial-transaction", concurrency: 16, poolSize: 16, clients: queryClients },
@@ -269,7 +280,7 @@ const summarize = (all: ReadonlyArray<Result>): Array<Summary> => {
     if (first.client !== "pgbench") {
       for (const r of rs) {
         const peers = all.filter((x) =>
-          key(x) === key(r) && x.round === r.round && x.client !== "effect-dbpool" && x.client !== "pgbench" && x.client !== r.client
+          key(x) === key(r) && x.round === r.round && !notPeers.has(x.client) && x.client !== r.client
         )
         const best = Math.max(...peers.map((x) => x.opsPerSec))
         if (peers.length > 0 && best > 0) ratios.push(r.opsPerSec / best)
