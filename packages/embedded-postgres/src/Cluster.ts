@@ -45,7 +45,7 @@ import { EmbeddedPostgresError, loadSqlFile } from "./index.ts"
  * import { Cluster } from "@effect-dbpool/embedded-postgres/Cluster"
  * import { Effect } from "effect"
  *
- * const ports = Effect.map(Cluster.asEffect(), (cluster) => [cluster.primary, ...cluster.replicas].map((node) => node.port))
+ * const ports = Effect.map(Cluster, (cluster) => [cluster.primary, ...cluster.replicas].map((node) => node.port))
  * ```
  *
  * @since 0.1.0
