@@ -24,6 +24,7 @@ import * as Os from "node:os"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
 import { percentile } from "./load.ts"
+import { cpuTimes, median } from "./machine.ts"
 
 const quick = process.argv.includes("--quick")
 const mode = quick ? "quick" : "full"
@@ -95,17 +96,6 @@ const longCase: Case = {
   poolSize: 16,
   clients: quick ? ["effect-dbpool", "postgres.js", "effect-sql-pg-multiplex"] : queryClients,
   long: true
-}
-
-/** The machine's total and steal jiffies so far (the aggregate `cpu` line of /proc/stat). */
-const cpuTimes = (): { total: number; steal: number } | undefined => {
-  try {
-    const line = Fs.readFileSync("/proc/stat", "utf8").split("\n")[0] ?? ""
-    const xs = line.trim().split(/\s+/).slice(1).map(Number)
-    return { total: xs.reduce((a, b) => a + b, 0), steal: xs[7] ?? 0 }
-  } catch {
-    return undefined
-  }
 }
 
 const runWorker = (url: string, client: string, c: Case, round: number): Promise<Result> =>
@@ -217,13 +207,6 @@ const runPgbench = (url: string, c: Case, round: number): Result | undefined => 
   } finally {
     Fs.rmSync(dir, { recursive: true, force: true })
   }
-}
-
-const median = (xs: ReadonlyArray<number | null>): number | null => {
-  const ns = xs.filter((x): x is number => x !== null && Number.isFinite(x)).sort((x, y) => x - y)
-  if (ns.length === 0) return null
-  const mid = Math.floor(ns.length / 2)
-  return ns.length % 2 === 1 ? ns[mid]! : (ns[mid - 1]! + ns[mid]!) / 2
 }
 
 const key = (r: { workload: string; concurrency: number; poolSize: number }) => `${r.workload} c=${r.concurrency} pool=${r.poolSize}`

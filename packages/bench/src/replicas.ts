@@ -43,6 +43,7 @@ import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
 import postgres from "postgres"
 import { percentile, randomId, runEffectLoad, type Sample } from "./load.ts"
+import { cpuTimes, median } from "./machine.ts"
 
 const here = Path.dirname(fileURLToPath(import.meta.url))
 const rows = 1_000_000
@@ -214,24 +215,6 @@ const worker = async (caseId: string, durationMs: number, warmupMs: number) => {
 
 // ---------------------------------------------------------------------------------------------------------------------
 // main: the cluster, the rounds, the table
-
-/** The machine's jiffies so far (the aggregate `cpu` line of /proc/stat): total, steal, idle (idle + iowait). */
-const cpuTimes = (): { total: number; steal: number; idle: number } | undefined => {
-  try {
-    const line = Fs.readFileSync("/proc/stat", "utf8").split("\n")[0] ?? ""
-    const xs = line.trim().split(/\s+/).slice(1).map(Number)
-    return { total: xs.reduce((a, b) => a + b, 0), steal: xs[7] ?? 0, idle: (xs[3] ?? 0) + (xs[4] ?? 0) }
-  } catch {
-    return undefined
-  }
-}
-
-const median = (xs: ReadonlyArray<number | null>): number | null => {
-  const ns = xs.filter((x): x is number => x !== null && Number.isFinite(x)).sort((x, y) => x - y)
-  if (ns.length === 0) return null
-  const mid = Math.floor(ns.length / 2)
-  return ns.length % 2 === 1 ? ns[mid]! : (ns[mid - 1]! + ns[mid]!) / 2
-}
 
 interface Run extends WorkerResult {
   readonly caseId: string

@@ -180,10 +180,7 @@ export type Ssl =
  * may fall back to a plain connection, are left to the drivers.
  */
 const urlSsl = (url: Redacted.Redacted<string>): Ssl | undefined => {
-  // The query string alone: a URL naming several hosts is not a WHATWG URL.
-  const text = Redacted.value(url)
-  const query = text.indexOf("?")
-  const mode = query < 0 ? null : new URLSearchParams(text.slice(query + 1).split("#")[0]).get("sslmode")
+  const mode = Server.param(Redacted.value(url), "sslmode")
   if (mode === "disable" || mode === "require" || mode === "verify-full") return mode
   return mode === "verify-ca" ? "verify-full" : undefined
 }

@@ -688,8 +688,8 @@ export const streamStatement = (
 export const traced = <A, E, R>(target: Telemetry.Target, text: string, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
   Effect.withFiber((fiber) => (Telemetry.tracing(fiber) ? tracedNow(target, text, effect) : effect))
 
-/** {@link traced}, for a caller that knows spans are exported. */
-const tracedNow = <A, E, R>(target: Telemetry.Target, text: string, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => {
+/** {@link traced}, for a caller that has just seen that spans are exported. */
+export const tracedNow = <A, E, R>(target: Telemetry.Target, text: string, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => {
   const operation = operationOf(text)
   return Telemetry.span(target, operation, Telemetry.statementAttributes(text, operation), effect)
 }

@@ -179,7 +179,7 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
       if (prepared instanceof DbError.InvalidInput) return Effect.fail(prepared)
       return Effect.withFiber((fiber) => {
         // Traced, the statement's span covers its wait for a connection and its run.
-        if (Telemetry.tracing(fiber)) return Conn.traced(settings.target, prepared.text, runLeased(prepared, schema))
+        if (Telemetry.tracing(fiber)) return Conn.tracedNow(settings.target, prepared.text, runLeased(prepared, schema))
         // The debug line of the leased path is wanted: take that path.
         return schema !== undefined || prepared.changesSession ||
             LogLevel.isGreaterThanOrEqualTo("Debug", fiber.getRef(References.MinimumLogLevel))

@@ -79,10 +79,14 @@ export const hostUrls = (url: string): ReadonlyArray<string> => {
  */
 export type Role = "primary" | "standby" | "prefer-standby" | "any"
 
-export const wantedRole = (url: string): Role => {
+/** A query-string parameter of a URL, read without the WHATWG parser (which rejects a URL naming several hosts). */
+export const param = (url: string, name: string): string | null => {
   const query = url.indexOf("?")
-  if (query < 0) return "any"
-  const attrs = new URLSearchParams(url.slice(query + 1).split("#")[0]).get("target_session_attrs")?.toLowerCase()
+  return query < 0 ? null : new URLSearchParams(url.slice(query + 1).split("#")[0]).get(name)
+}
+
+export const wantedRole = (url: string): Role => {
+  const attrs = param(url, "target_session_attrs")?.toLowerCase()
   if (attrs === "read-write" || attrs === "primary") return "primary"
   if (attrs === "read-only" || attrs === "standby") return "standby"
   return attrs === "prefer-standby" ? "prefer-standby" : "any"
