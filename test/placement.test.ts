@@ -33,18 +33,18 @@ const load = (callers: number, millis: number, tailMillis: number) =>
   })
 
 describe("placement of single statements", () => {
-  it.live("fast statements fill a busy connection instead of waking all sixteen", () =>
+  it.live("fast statements fill one busy connection instead of waking all sixteen", () =>
     Effect.gen(function*() {
       const tail = yield* load(64, 1500, 500)
       const perBackend = new Map<number, number>()
       for (const pid of tail) perBackend.set(pid, (perBackend.get(pid) ?? 0) + 1)
-      const busiest = [...perBackend.values()].sort((a, b) => b - a).slice(0, 4).reduce((a, b) => a + b, 0)
-      // Spread evenly, 64 callers keep all 16 backends equally busy: the busiest 4 would serve a quarter.
-      // Filled up to 16 deep, the busiest 4 serve most of it.
-      assert.isAtLeast(busiest / tail.length, 0.6, `share of the busiest 4 of ${perBackend.size} backends: ${(busiest / tail.length).toFixed(2)}`)
+      const busiest = Math.max(...perBackend.values())
+      // Spread evenly, 64 callers keep all 16 backends equally busy: the busiest would serve a sixteenth.
+      // Filled up to 64 deep, one backend serves most of it.
+      assert.isAtLeast(busiest / tail.length, 0.6, `share of the busiest of ${perBackend.size} backends: ${(busiest / tail.length).toFixed(2)}`)
     }).pipe(Effect.provide(h.pools({ minSize: 16, maxSize: 16 }))))
 
-  it.live("slow statements arriving at a warm pool pile at most 16 deep behind one another, then spread", () =>
+  it.live("a burst of slow statements arriving at a warm pool piles at most 16 deep behind one another, then spreads", () =>
     Effect.gen(function*() {
       const pool = yield* WritePool
       // Warm: every connection has a history of fast statements.

@@ -47,7 +47,7 @@ import { WritePool, type WritePoolService } from "./WritePool.ts"
  * | `ssl` | the URL's `sslmode` | — |
  * | `prepare` | `true` | `DATABASE_PREPARE` |
  * | `checkOnStart` | `true` | — |
- * | `pipelining` | `{ maxDepth: 64, fillDepth: 16, fastWithin: "2 millis", stallAfter: "5 millis" }` | `DATABASE_PIPELINE_MAX_DEPTH` / `DATABASE_PIPELINE_FILL_DEPTH` |
+ * | `pipelining` | `{ maxDepth: 64, fillDepth: 64, fastWithin: "2 millis", stallAfter: "5 millis" }` | `DATABASE_PIPELINE_MAX_DEPTH` / `DATABASE_PIPELINE_FILL_DEPTH` |
  * | `listenReconnect` | forever, 50 ms doubling to 500 ms | — |
  * | `listenHealthCheckInterval` | 5 seconds | — |
  *
@@ -248,7 +248,9 @@ const startupSettings = (config: Config): Record<string, string> => {
  * (completing back to back within `fastWithin`, the last one within
  * `stallAfter`) up to `fillDepth` deep rather than waking an idle connection:
  * fewer backends woken is what makes many callers on few connections fast,
- * and at most `fillDepth` statements wait behind one that turns out slow.
+ * and at most `fillDepth` statements wait behind one that turns out slow. A
+ * burst (statements arriving with no completion between them) fills one
+ * connection at most 16 deep before the next is woken.
  * `fillDepth: 0` spreads statements over idle connections first; `pipelining:
  * false` gives every statement a connection of its own.
  *

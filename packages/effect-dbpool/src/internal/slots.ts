@@ -38,7 +38,9 @@ export type Mode = "exclusive" | "shared"
  *   back to back under `fastMillis` apart on average, and one completed within the last `stallMillis`. Waking
  *   fewer backends is what makes many callers on few connections fast; as soon as statements get slow or stop
  *   completing, new ones spread out again, so at most `fillDepth` statements wait behind a slow one
- *   (`fillDepth` ≤ 1: off, statements always take an idle connection first).
+ *   (`fillDepth` ≤ 1: off, statements always take an idle connection first). A burst — statements arriving with
+ *   no completion between them — joins one connection at most {@link burstDepth} deep: evidence that it is still
+ *   fast comes only with completions.
  */
 export interface Pipelining {
   readonly maxDepth: number
@@ -47,7 +49,10 @@ export interface Pipelining {
   readonly stallMillis: number
 }
 
-export const defaultPipelining: Pipelining = { maxDepth: 64, fillDepth: 16, fastMillis: 2, stallMillis: 5 }
+export const defaultPipelining: Pipelining = { maxDepth: 64, fillDepth: 64, fastMillis: 2, stallMillis: 5 }
+
+/** Statements that may join a connection by fill-first since its last completion (see {@link Pipelining}). */
+export const burstDepth = 16
 
 /**
  * Where an open connection is:
@@ -76,6 +81,8 @@ class Slot implements Lease {
   serviceMillis = Number.POSITIVE_INFINITY
   /** When a pipelined statement last completed on it (ms; 0: never). */
   lastCompletion = 0
+  /** Statements that joined it since that completion (or since it was idle). */
+  joined = 0
   readonly conn: Conn.Conn
   readonly scope: Scope.Closeable
   constructor(conn: Conn.Conn, scope: Scope.Closeable) {
@@ -190,6 +197,7 @@ export const make = (
     const toIdle = (slot: Slot, now: number) => {
       slot.state = "idle"
       slot.idleSince = now
+      slot.joined = 0
       idle.push(slot)
     }
 
@@ -214,6 +222,7 @@ export const make = (
           shared.add(slot)
         }
         slot.statements++
+        slot.joined++
       }
       return slot
     }
@@ -238,8 +247,8 @@ export const make = (
       let best: Slot | undefined
       for (const slot of shared) {
         if (
-          slot.statements < fillDepth && slot.serviceMillis < fastMillis && now - slot.lastCompletion < stallMillis &&
-          Conn.reusable(slot.conn, now) && (best === undefined || slot.statements > best.statements)
+          slot.statements < fillDepth && slot.joined < burstDepth && slot.serviceMillis < fastMillis &&
+          now - slot.lastCompletion < stallMillis && Conn.reusable(slot.conn, now) && (best === undefined || slot.statements > best.statements)
         ) best = slot
       }
       return best
@@ -458,6 +467,7 @@ export const make = (
           slot.serviceMillis = Number.isFinite(slot.serviceMillis) ? slot.serviceMillis * 0.75 + interval * 0.25 : interval
         }
         slot.lastCompletion = now
+        slot.joined = 0
       }
       if (slot.state === "closing") return settle() // closed under its holder (the pool is closing)
       if (mode === "shared") {
