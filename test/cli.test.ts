@@ -355,7 +355,12 @@ describe.skipIf(!hasTmux)("dbpool stats --watch (in tmux)", () => {
       expect(term.started.stderr).toBe("")
       expect(term.started.code).toBe(0)
       // Node compiling the TypeScript sources takes seconds on a busy machine: a generous first wait.
-      const first = await until(term.screen, (s) => refreshOf(s) > 0 && rowOf(s, watchApp, "idle") !== undefined, 30_000)
+      // The listener connects on its own: a frame drawn before its LISTEN has landed does not show it yet.
+      const first = await until(
+        term.screen,
+        (s) => refreshOf(s) > 0 && rowOf(s, watchApp, "idle") !== undefined && rowOf(s, "yes") !== undefined,
+        30_000
+      )
       expect(first).toMatch(/^dbpool stats · server [^ ]+:\d+\/\w+ · \d{4}-\d\d-\d\dT[\d:.]+Z · refresh \d+ every 300ms · Ctrl-C to stop$/m)
       // Its listener is connected and LISTENs on the channel; nothing delivered yet.
       expect(rowOf(first, "yes")).toEqual(["yes", "1", channel, "1", "0", "0", "0"])
