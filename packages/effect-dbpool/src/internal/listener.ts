@@ -121,6 +121,18 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
     /** When the listening connection was last found lost (ms), until it listens again. */
     let lostAt: number | undefined
 
+    /**
+     * Subscriber queues offered to since the last flush. Effect's queue wakes a waiting consumer on a later
+     * macrotask; waking it in a microtask after the driver's callback returns takes that hop off every
+     * notification's latency while keeping the hand-off non-reentrant (no consumer runs inside `deliver`).
+     */
+    const unflushed = new Set<Subscriber["queue"]>()
+    const flush = () => {
+      const queues = [...unflushed]
+      unflushed.clear()
+      for (const queue of queues) Queue.flushUnsafe(queue)
+    }
+
     const deliver = (session: number, message: pg.Notification) => {
       const subscribers = channels.get(message.channel)
       if (subscribers === undefined) return
@@ -135,8 +147,11 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
         // Subscribed (the LISTENs may still be on their way while the first channels already deliver).
         if (subscriber.session !== session) continue
         // A full buffer drops the newest notification for this subscriber only; the others are not held up.
-        if (Queue.offerUnsafe(subscriber.queue, event)) counters.delivered++
-        else {
+        if (Queue.offerUnsafe(subscriber.queue, event)) {
+          counters.delivered++
+          if (unflushed.size === 0) queueMicrotask(flush)
+          unflushed.add(subscriber.queue)
+        } else {
           subscriber.dropped++
           counters.dropped++
         }

@@ -25,12 +25,16 @@ const rawStream = (listener: Listener, channel: string, options: ListenOptions |
         }),
       { bufferSize: options?.bufferSize ?? 1024, strategy: "dropping" }
     ).pipe(
-      Stream.tap(() => {
-        if (subscriber === undefined || subscriber.dropped === reported) return Effect.void
+      // Checked once per chunk pulled, not per notification: drops are noticed as soon as the subscriber reads.
+      Stream.mapArrayEffect((events) => {
+        if (subscriber === undefined || subscriber.dropped === reported) return Effect.succeed(events)
         const dropped = subscriber.dropped - reported
         reported = subscriber.dropped
-        return Effect.logWarning("effect-dbpool: slow subscriber, notifications dropped").pipe(
-          Effect.annotateLogs({ channel, dropped, droppedTotal: reported })
+        return Effect.as(
+          Effect.logWarning("effect-dbpool: slow subscriber, notifications dropped").pipe(
+            Effect.annotateLogs({ channel, dropped, droppedTotal: reported })
+          ),
+          events
         )
       })
     )
