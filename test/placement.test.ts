@@ -11,8 +11,8 @@ import { harness, poll } from "./support.ts"
 
 const h = harness("placement")
 
-/** Point selects from `callers` fibers for `millis`; the backend of each statement completed in the last `tailMillis`. */
-const load = (callers: number, millis: number, tailMillis: number) =>
+/** Point selects (or `sleepMillis`-long statements) from `callers` fibers for `millis`; the backend of each statement completed in the last `tailMillis`. */
+const load = (callers: number, millis: number, tailMillis: number, sleepMillis = 0) =>
   Effect.gen(function*() {
     const pool = yield* WritePool
     const tail: Array<number> = []
@@ -22,7 +22,10 @@ const load = (callers: number, millis: number, tailMillis: number) =>
       () =>
         Effect.whileLoop({
           while: () => Date.now() < deadline,
-          body: () => pool.run(sql`SELECT pg_backend_pid() AS pid FROM test_values WHERE id = ${1 + Math.floor(Math.random() * 1000)}`),
+          body: () =>
+            sleepMillis > 0
+              ? pool.run(sql`SELECT pg_backend_pid() AS pid, pg_sleep(${sleepMillis / 1000})`)
+              : pool.run(sql`SELECT pg_backend_pid() AS pid FROM test_values WHERE id = ${1 + Math.floor(Math.random() * 1000)}`),
           step: (rows) => {
             if (Date.now() > deadline - tailMillis) tail.push(Number(rows[0]?.["pid"]))
           }
@@ -43,6 +46,28 @@ describe("placement of single statements", () => {
       // Filled up to 64 deep, one backend serves most of it.
       assert.isAtLeast(busiest / tail.length, 0.6, `share of the busiest of ${perBackend.size} backends: ${(busiest / tail.length).toFixed(2)}`)
     }).pipe(Effect.provide(h.pools({ minSize: 16, maxSize: 16 }))))
+
+  it.live("fast statements from as many callers as connections share a backend too", () =>
+    Effect.gen(function*() {
+      // Never more callers than connections: no statement ever has to share, so only fill-first piles them.
+      const tail = yield* load(16, 1500, 500)
+      const perBackend = new Map<number, number>()
+      for (const pid of tail) perBackend.set(pid, (perBackend.get(pid) ?? 0) + 1)
+      const busiest = Math.max(...perBackend.values())
+      assert.isAtLeast(busiest / tail.length, 0.6, `share of the busiest of ${perBackend.size} backends: ${(busiest / tail.length).toFixed(2)}`)
+    }).pipe(Effect.provide(h.pools({ minSize: 16, maxSize: 16 }))))
+
+  it.live("statements that cost the backend real time pile only as deep as drains within fastWithin, and spread", () =>
+    Effect.gen(function*() {
+      // Half a millisecond each: 32 callers on one backend would run them one at a time; about 14 drain within
+      // the default 8 ms, so they spread over three backends or more, each running its own.
+      const tail = yield* load(32, 1500, 700, 0.5)
+      const perBackend = new Map<number, number>()
+      for (const pid of tail) perBackend.set(pid, (perBackend.get(pid) ?? 0) + 1)
+      const busiest = Math.max(...perBackend.values())
+      assert.isAtMost(busiest / tail.length, 0.6, `share of the busiest of ${perBackend.size} backends: ${(busiest / tail.length).toFixed(2)}`)
+      assert.isAtLeast(perBackend.size, 3, `backends used: ${perBackend.size}`)
+    }).pipe(Effect.provide(h.pools({ minSize: 8, maxSize: 8 }))))
 
   it.live("a burst of slow statements arriving at a warm pool piles at most 16 deep behind one another, then spreads", () =>
     Effect.gen(function*() {

@@ -47,7 +47,7 @@ import { WritePool, type WritePoolService } from "./WritePool.ts"
  * | `ssl` | the URL's `sslmode` | — |
  * | `prepare` | `true` | `DATABASE_PREPARE` |
  * | `checkOnStart` | `true` | — |
- * | `pipelining` | `{ maxDepth: 64, fillDepth: 64, fastWithin: "2 millis", stallAfter: "5 millis" }` | `DATABASE_PIPELINE_MAX_DEPTH` / `DATABASE_PIPELINE_FILL_DEPTH` |
+ * | `pipelining` | `{ maxDepth: 64, fillDepth: 64, fastWithin: "8 millis", stallAfter: "5 millis" }` | `DATABASE_PIPELINE_MAX_DEPTH` / `DATABASE_PIPELINE_FILL_DEPTH` |
  * | `listenReconnect` | forever, 50 ms doubling to 500 ms | — |
  * | `listenHealthCheckInterval` | 5 seconds | — |
  *
@@ -245,10 +245,13 @@ const startupSettings = (config: Config): Record<string, string> => {
  * connection is open and busy, a statement is pipelined on the least busy
  * connection running other single statements, up to `maxDepth` in flight.
  * Before that, it fills the busiest connection whose statements are fast
- * (completing back to back within `fastWithin`, the last one within
+ * (the ones already on it expected to complete within `fastWithin`, from
+ * what each has been costing the backend; the last one completed within
  * `stallAfter`) up to `fillDepth` deep rather than waking an idle connection:
- * fewer backends woken is what makes many callers on few connections fast,
- * and at most `fillDepth` statements wait behind one that turns out slow. A
+ * fewer backends woken is what makes many callers of cheap statements fast,
+ * while statements that cost the backend real time spread out and run in
+ * parallel on the server's cores; at most `fillDepth` statements wait behind
+ * one that turns out slow. A
  * burst (statements arriving with no completion between them) fills one
  * connection at most 16 deep before the next is woken.
  * `fillDepth: 0` spreads statements over idle connections first; `pipelining:

@@ -34,13 +34,15 @@ export type Mode = "exclusive" | "shared"
  * - `maxDepth`: statements in flight on one connection at most, once every connection is open and busy
  *   (1: never pipelined — a statement waits for a connection of its own);
  * - fill-first: a statement joins the busiest shared connection that has fewer than `fillDepth` statements in
- *   flight, rather than waking an idle one, while that connection is seen to be fast: its statements complete
- *   back to back under `fastMillis` apart on average, and one completed within the last `stallMillis`. Waking
- *   fewer backends is what makes many callers on few connections fast; as soon as statements get slow or stop
- *   completing, new ones spread out again, so at most `fillDepth` statements wait behind a slow one
- *   (`fillDepth` ≤ 1: off, statements always take an idle connection first). A burst — statements arriving with
- *   no completion between them — joins one connection at most {@link burstDepth} deep: evidence that it is still
- *   fast comes only with completions.
+ *   flight, rather than waking an idle one, while that connection is seen to be fast: the statements ahead of it
+ *   are expected to complete within `fastMillis` (their number times what one statement has been costing the
+ *   backend), and one completed within the last `stallMillis`. Waking fewer backends is what makes many callers
+ *   of cheap statements fast; a statement that costs the backend real time spreads out instead, so that a server
+ *   with many cores runs such statements in parallel, and as soon as statements get slow or stop completing, new
+ *   ones spread out again, so at most `fillDepth` statements wait behind a slow one (`fillDepth` ≤ 1: off,
+ *   statements always take an idle connection first). A burst — statements arriving with no completion between
+ *   them — joins one connection at most {@link burstDepth} deep: evidence that it is still fast comes only with
+ *   completions.
  */
 export interface Pipelining {
   readonly maxDepth: number
@@ -49,7 +51,7 @@ export interface Pipelining {
   readonly stallMillis: number
 }
 
-export const defaultPipelining: Pipelining = { maxDepth: 64, fillDepth: 64, fastMillis: 2, stallMillis: 5 }
+export const defaultPipelining: Pipelining = { maxDepth: 64, fillDepth: 64, fastMillis: 8, stallMillis: 5 }
 
 /** Statements that may join a connection by fill-first since its last completion (see {@link Pipelining}). */
 export const burstDepth = 16
@@ -75,12 +77,16 @@ class Slot implements Lease {
   statements = 0
   idleSince = 0
   /**
-   * Time between back-to-back completions of pipelined statements (ms, moving average): what one statement
-   * costs the backend, whatever waited ahead of it. Infinity until measured.
+   * What one statement costs the backend (ms, moving average, from `performance.now()`: statements this cheap
+   * are shorter than the clock's millisecond): the time from the previous completion, or from its own start if it
+   * started later, to its completion. Infinity until measured.
    */
   serviceMillis = Number.POSITIVE_INFINITY
-  /** When a pipelined statement last completed on it (ms; 0: never). */
+  /** When a pipelined statement last completed on it (the pool clock's ms; 0: never). */
   lastCompletion = 0
+  /** The same, and when the latest statement joined it, from `performance.now()` (0: never). */
+  lastCompletionPrecise = 0
+  joinedPrecise = 0
   /** Statements that joined it since that completion (or since it was idle). */
   joined = 0
   readonly conn: Conn.Conn
@@ -198,6 +204,8 @@ export const make = (
       slot.state = "idle"
       slot.idleSince = now
       slot.joined = 0
+      // The next statement's wait starts at its own start, not at a completion before the idle spell.
+      slot.lastCompletionPrecise = 0
       idle.push(slot)
     }
 
@@ -223,6 +231,7 @@ export const make = (
         }
         slot.statements++
         slot.joined++
+        slot.joinedPrecise = performance.now()
       }
       return slot
     }
@@ -247,7 +256,7 @@ export const make = (
       let best: Slot | undefined
       for (const slot of shared) {
         if (
-          slot.statements < fillDepth && slot.joined < burstDepth && slot.serviceMillis < fastMillis &&
+          slot.statements < fillDepth && slot.joined < burstDepth && slot.statements * slot.serviceMillis < fastMillis &&
           now - slot.lastCompletion < stallMillis && Conn.reusable(slot.conn, now) && (best === undefined || slot.statements > best.statements)
         ) best = slot
       }
@@ -461,12 +470,16 @@ export const make = (
       // One clock read per release: it times the completion and dates the idle connection.
       const now = clock.currentTimeMillisUnsafe()
       if (completed) {
-        // Back to back: other statements were in flight behind this one since the last completion.
-        if (slot.lastCompletion > 0 && slot.statements > 1) {
-          const interval = now - slot.lastCompletion
-          slot.serviceMillis = Number.isFinite(slot.serviceMillis) ? slot.serviceMillis * 0.75 + interval * 0.25 : interval
+        // Completions on a connection come in order: the last statement left started when it joined (the
+        // latest join); any other was waiting behind the one before it, from that one's completion.
+        const precise = performance.now()
+        const since = slot.statements > 1 ? slot.lastCompletionPrecise : Math.max(slot.lastCompletionPrecise, slot.joinedPrecise)
+        if (since > 0) {
+          const interval = precise - since
+          slot.serviceMillis = Number.isFinite(slot.serviceMillis) ? slot.serviceMillis * 0.875 + interval * 0.125 : interval
         }
         slot.lastCompletion = now
+        slot.lastCompletionPrecise = precise
         slot.joined = 0
       }
       if (slot.state === "closing") return settle() // closed under its holder (the pool is closing)
