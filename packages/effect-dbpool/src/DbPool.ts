@@ -251,10 +251,9 @@ const startupSettings = (config: Config): Record<string, string> => {
  * fewer backends woken is what makes many callers of cheap statements fast,
  * while statements that cost the backend real time spread out and run in
  * parallel on the server's cores; at most `fillDepth` statements wait behind
- * one that turns out slow. A
- * burst (statements arriving with no completion between them) fills one
- * connection at most 16 deep before the next is woken.
- * `fillDepth: 0` spreads statements over idle connections first; `pipelining:
+ * one that turns out slow. A burst (statements arriving with no completion
+ * between them) fills one connection at most 16 deep before the next is
+ * woken. `fillDepth: 0` spreads statements over idle connections first; `pipelining:
  * false` gives every statement a connection of its own.
  *
  * @example

@@ -82,9 +82,12 @@ class Slot implements Lease {
    * started later, to its completion. Infinity until measured.
    */
   serviceMillis = Number.POSITIVE_INFINITY
-  /** When a pipelined statement last completed on it (the pool clock's ms; 0: never). */
+  /** When a pipelined statement last completed on it (the pool clock's ms; 0: never): is it still completing? */
   lastCompletion = 0
-  /** The same, and when the latest statement joined it, from `performance.now()` (0: never). */
+  /**
+   * Where the next completion's measured interval starts (`performance.now()`; 0 after an idle spell, so that a
+   * completion long before it is not counted as service time), and when the latest statement joined.
+   */
   lastCompletionPrecise = 0
   joinedPrecise = 0
   /** Statements that joined it since that completion (or since it was idle). */
@@ -467,7 +470,7 @@ export const make = (
       held--
       // Only slots are handed out as leases.
       const slot = lease as Slot
-      // One clock read per release: it times the completion and dates the idle connection.
+      // The pool clock dates the completion and the idle connection; `performance.now()` (below) times service.
       const now = clock.currentTimeMillisUnsafe()
       if (completed) {
         // Completions on a connection come in order: the last statement left started when it joined (the
