@@ -321,6 +321,47 @@ describe("caught failures", () => {
       }).pipe(Effect.provide(h.pools({ maxSize: 1 })))))
 })
 
+describe("a transaction the server refuses to open", () => {
+  // lock_timeout takes at most 2147483647 ms: the server refuses 30 days in the statements that open the transaction.
+  const refusedOptions = { lockTimeout: "30 days" } as const
+
+  it.live("fails with the server's error; its statements fail with it too, unsent, even when f catches it; the connection comes back clean", () =>
+    withRows([ROW.a], (original) =>
+      Effect.gen(function*() {
+        const pool = yield* WritePool
+        const pids: Array<number> = []
+        const seen: Array<unknown> = []
+        const error = yield* failure(pool.transaction((conn) =>
+          Effect.gen(function*() {
+            pids.push(conn.pid)
+            seen.push(yield* failure(conn.run(update(ROW.a, mark(ROW.a)))))
+            seen.push(yield* failure(conn.run(sql`SELECT 1`)))
+            return "swallowed"
+          }), refusedOptions))
+        assert.strictEqual(error._tag, "DatabaseError")
+        assert.strictEqual("sqlState" in error ? error.sqlState : undefined, "22023")
+        assert.deepStrictEqual(seen, [error, error])
+        assert.strictEqual(yield* val1(ROW.a), original.get(ROW.a))
+        // Rolled back on the server (it had opened the transaction before refusing the setting), and reused.
+        assert.deepStrictEqual(yield* idleInTransaction, [])
+        yield* pool.transaction((conn) => Effect.andThen(Effect.sync(() => pids.push(conn.pid)), conn.run(update(ROW.a, mark(ROW.a)))))
+        assert.strictEqual(yield* val1(ROW.a), mark(ROW.a))
+        assert.strictEqual(pids[1], pids[0])
+        // A partial transaction is handed out at once; its first step and its commit fail with the server's error.
+        const partial = yield* Effect.scoped(Effect.gen(function*() {
+          const tx = yield* pool.partialTransaction(refusedOptions)
+          const step = yield* Effect.flip(tx.run(sql`SELECT 1`))
+          const commit = yield* Effect.flip(tx.commit)
+          return { step, commit, pid: tx.pid }
+        }))
+        assert.strictEqual(partial.step._tag, "DatabaseError")
+        assert.strictEqual(partial.commit, partial.step)
+        assert.strictEqual(partial.pid, pids[0])
+        assert.deepStrictEqual(yield* idleInTransaction, [])
+        assert.isTrue(yield* outsideTransaction)
+      }).pipe(Effect.provide(h.pools({ maxSize: 1 })))))
+})
+
 describe("interrupting an interaction cancels its statement on the server", () => {
   it.live("a plain run", () =>
     Effect.gen(function*() {

@@ -70,6 +70,13 @@ export class Conn {
   sessionChanged = false
   /** Makes savepoint names unique on this connection. */
   savepoints = 0
+  /**
+   * BEGIN sent and not yet answered (see {@link sendBegin}): statements wait for it, in `send`, and are sent
+   * only once it succeeded.
+   */
+  opening: Promise<void> | undefined = undefined
+  /** Why the current transaction's BEGIN failed: its statements fail with this, unsent, until it is rolled back. */
+  beginError: DbError.DbError | undefined = undefined
   /** Statements given to the driver and not yet settled. */
   readonly inflight = new Set<DriverQuery>()
   pid = 0
@@ -408,6 +415,14 @@ const noteFailure = (conn: Conn, error: unknown): void => {
   else if (conn.txDepth > 0) conn.failed = true
 }
 
+/** Notes a statement's failure on the connection, and says what the caller gets. */
+const failed = (conn: Conn, error: unknown, text: string): DbError.DbError => {
+  // Dropped because the socket closed (see socketClosed): the connection was lost, whatever the driver says.
+  const dropped = conn.wire === "dead" && !isConnectionFailure(error)
+  noteFailure(conn, error)
+  return dropped ? lost(conn, text) : fromDriver(error, text)
+}
+
 /**
  * Runs one statement. Interruption sends a cancel request and waits (boundedly)
  * for the statement to end on the server — unless `pipelined()` says other
@@ -461,9 +476,10 @@ export const send = <A>(
   release: (() => void) | undefined,
   values?: boolean
 ): Effect.Effect<void> | undefined => {
-  if (conn.wire === "dead") {
+  if (conn.opening !== undefined) return sendAfterBegin(conn.opening, () => send(conn, text, params, resume, onRows, pipelined, release, values), release)
+  if (conn.wire === "dead" || conn.beginError !== undefined) {
     release?.()
-    resume(Effect.fail(lost(conn, text)))
+    resume(Effect.fail(conn.beginError ?? lost(conn, text)))
     return undefined
   }
   let released = release === undefined
@@ -490,11 +506,9 @@ export const send = <A>(
     },
     (error: unknown) => {
       conn.inflight.delete(tracked)
-      // Dropped because the socket closed (see socketClosed): the connection was lost, whatever the driver says.
-      const dropped = conn.wire === "dead" && !isConnectionFailure(error)
-      noteFailure(conn, error)
+      const failure = failed(conn, error, text)
       if (!cancelling) releaseOnce()
-      resume(Effect.fail(dropped ? lost(conn, text) : fromDriver(error, text)))
+      resume(Effect.fail(failure))
       return { ok: false, error }
     }
   )
@@ -505,6 +519,30 @@ export const send = <A>(
     }
     cancelling = true
     return Effect.ensuring(cancelAndSettle(conn, tracked, outcome), Effect.sync(releaseOnce))
+  })
+}
+
+/**
+ * Sends a statement once the transaction's BEGIN has been answered: a promise
+ * reaction, not a fiber suspension. Interrupted before that, it is never sent.
+ */
+const sendAfterBegin = (
+  opening: Promise<void>,
+  sendNow: () => Effect.Effect<void> | undefined,
+  release: (() => void) | undefined
+): Effect.Effect<void> => {
+  let state: "waiting" | "sent" | "interrupted" = "waiting"
+  let onInterrupt: Effect.Effect<void> | undefined
+  opening.then(() => {
+    if (state !== "waiting") return
+    state = "sent"
+    onInterrupt = sendNow()
+  })
+  return Effect.suspend(() => {
+    if (state === "sent") return onInterrupt ?? Effect.void
+    state = "interrupted"
+    release?.()
+    return Effect.void
   })
 }
 
@@ -739,6 +777,42 @@ export const begin = (conn: Conn, options?: TransactionOptions): Effect.Effect<v
       : Effect.andThen(opened, Effect.forEach(local, (text) => control(conn, text), { discard: true }))
   }))
 
+/**
+ * Opens the outermost transaction without waiting for BEGIN's answer: the
+ * first statement waits for it in `send` — a promise reaction rather than one
+ * more suspension of the caller's fiber — and is sent only once BEGIN
+ * succeeded. Never behind it on the wire: postgres.js ends every statement
+ * with its own Sync, so after a failed BEGIN a statement already sent would
+ * run, and commit, on its own. If BEGIN fails, every statement of the
+ * transaction (COMMIT included) fails with its error, unsent, until rollback.
+ */
+export const sendBegin = (conn: Conn, options?: TransactionOptions): void => {
+  conn.txDepth = 1
+  conn.failed = false
+  conn.beginError = undefined
+  if (conn.wire === "dead") return // its statements fail with ConnectionLost
+  // SET LOCAL after a failed BEGIN is only a warning: they go out together.
+  const texts = [beginText(options), ...localSettings(options)]
+  let unanswered = texts.length
+  let answeredAll: () => void = () => {}
+  conn.opening = new Promise<void>((resolve) => {
+    answeredAll = resolve
+  })
+  const answered = (tracked: DriverQuery, text: string, error?: unknown) => {
+    conn.inflight.delete(tracked)
+    if (error !== undefined && conn.beginError === undefined) conn.beginError = failed(conn, error, text)
+    if (--unanswered > 0) return
+    conn.opening = undefined // before the waiting statements run: they are sent now
+    answeredAll()
+  }
+  for (const text of texts) {
+    const query = conn.sql.unsafe(text, noParams, { prepare: true, simple: false } as postgres.UnsafeQueryOptions)
+    const tracked: DriverQuery = query as DriverQuery // the driver's query carries `state` at run time, untyped
+    conn.inflight.add(tracked)
+    query.then(() => answered(tracked, text), (error: unknown) => answered(tracked, text, error))
+  }
+}
+
 const aborted = (what: string) =>
   new DbError.TransactionAborted({
     message: `the ${what} was rolled back instead of ${what === "savepoint" ? "released" : "committed"}: one of its statements had failed`,
@@ -782,18 +856,23 @@ export const resetSession = (conn: Conn): Effect.Effect<void> =>
 
 /** Rolls back; a connection that cannot roll back is marked dead so the pool discards it. Uninterruptible. */
 export const rollback = (conn: Conn): Effect.Effect<void> =>
-  Effect.suspend(() =>
-    conn.wire === "dead"
-      ? Effect.void
-      : control(conn, "ROLLBACK").pipe(
-        Effect.timeout(cancelGraceMillis),
-        Effect.catchCause(() => Effect.sync(() => markDead(conn))),
-        Effect.asVoid
-      )
-  ).pipe(
+  Effect.suspend(() => {
+    // ROLLBACK goes after BEGIN's answer, and also after a failed BEGIN: the server may have opened the transaction
+    // before refusing the rest (an isolation level it cannot give, a SET LOCAL out of range), leaving it aborted.
+    const opening = conn.opening
+    const now = Effect.suspend(() => {
+      conn.beginError = undefined
+      return conn.wire === "dead" ? Effect.void : Effect.asVoid(control(conn, "ROLLBACK"))
+    })
+    return (opening === undefined ? now : Effect.andThen(Effect.promise(() => opening), now)).pipe(
+      Effect.timeout(cancelGraceMillis),
+      Effect.catchCause(() => Effect.sync(() => markDead(conn)))
+    )
+  }).pipe(
     Effect.ensuring(Effect.sync(() => {
       conn.txDepth = 0
       conn.failed = false
+      conn.beginError = undefined
     })),
     Effect.uninterruptible
   )
@@ -822,12 +901,9 @@ export const transaction = <A, E, R>(
   Effect.uninterruptibleMask((restore) => {
     if (conn.txDepth === 0) {
       // The hot path of every transaction: combinators, not a generator (whose stepping costs more per statement).
-      return Effect.flatMap(
-        Effect.onError(begin(conn, options), () => rollback(conn)),
-        () =>
-          Effect.flatMap(Effect.exit(restore(f(connection))), (exit): Effect.Effect<A, E | DbError.DbError, R> =>
-            exit._tag === "Failure" ? Effect.andThen(rollback(conn), exit) : Effect.as(commit(conn), exit.value))
-      )
+      sendBegin(conn, options)
+      return Effect.flatMap(Effect.exit(restore(f(connection))), (exit): Effect.Effect<A, E | DbError.DbError, R> =>
+        exit._tag === "Failure" ? Effect.andThen(rollback(conn), exit) : Effect.as(commit(conn), exit.value))
     }
     return Effect.gen(function*() {
       if (options !== undefined) {

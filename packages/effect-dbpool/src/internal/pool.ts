@@ -248,7 +248,14 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
               commit: finish("committed", Telemetry.span(settings.target, "COMMIT", { "db.operation.name": "COMMIT" }, Conn.commit(conn))),
               rollback: finish("rolled back", Telemetry.span(settings.target, "ROLLBACK", { "db.operation.name": "ROLLBACK" }, Conn.rollback(conn)))
             }
-            return Effect.andThen(Scope.addFinalizer(scope, close), Effect.as(Conn.begin(conn, options), partial))
+            // BEGIN is not waited for here: the first step waits for it (see Conn.sendBegin), so its failure is that step's.
+            return Effect.andThen(
+              Scope.addFinalizer(scope, close),
+              Effect.sync(() => {
+                Conn.sendBegin(conn, options)
+                return partial
+              })
+            )
           })
         ))
 
