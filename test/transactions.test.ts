@@ -5,7 +5,7 @@
  * statements on the server.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Data, Deferred, Effect, Exit, Fiber } from "effect"
+import { Data, Deferred, Effect, Exit, Fiber, Stream } from "effect"
 import { sql, WritePool } from "effect-dbpool"
 import { harness, outsideTransaction, poll } from "./support.ts"
 
@@ -334,13 +334,15 @@ describe("a transaction the server refuses to open", () => {
         const error = yield* failure(pool.transaction((conn) =>
           Effect.gen(function*() {
             pids.push(conn.pid)
+            // A cursor first (it is sent by its own path), then plain statements.
+            seen.push(yield* failure(Stream.runCollect(conn.stream(sql`SELECT 1`))))
             seen.push(yield* failure(conn.run(update(ROW.a, mark(ROW.a)))))
             seen.push(yield* failure(conn.run(sql`SELECT 1`)))
             return "swallowed"
           }), refusedOptions))
         assert.strictEqual(error._tag, "DatabaseError")
         assert.strictEqual("sqlState" in error ? error.sqlState : undefined, "22023")
-        assert.deepStrictEqual(seen, [error, error])
+        assert.deepStrictEqual(seen, [error, error, error])
         assert.strictEqual(yield* val1(ROW.a), original.get(ROW.a))
         // Rolled back on the server (it had opened the transaction before refusing the setting), and reused.
         assert.deepStrictEqual(yield* idleInTransaction, [])

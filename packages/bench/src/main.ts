@@ -84,8 +84,8 @@ const cases: ReadonlyArray<Case> = [
       pgbench: pointScript
     }))
   ),
-  { workload: "write-transaction", concurrency: 16, poolSize: 16, clients: queryClients, pgbench: txnScript },
-  { workload: "partial-transaction", concurrency: 16, poolSize: 16, clients: queryClients },
+  { workload: "write-transaction", concurrency: 16, poolSize: 16, clients: [...queryClients, floorClient], pgbench: txnScript },
+  { workload: "partial-transaction", concurrency: 16, poolSize: 16, clients: [...queryClients, floorClient] },
   { workload: "notify", concurrency: 16, poolSize: 1, clients: ["effect-dbpool", "postgres.js", "effect-sql-pg", "pg-listen"] }
 ]
 

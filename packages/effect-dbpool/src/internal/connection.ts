@@ -565,6 +565,9 @@ export const stream = <E = never>(
   decode: ((rows: ReadonlyArray<Row>) => Effect.Effect<ReadonlyArray<unknown>, E, unknown>) | undefined
 ): Stream.Stream<unknown, DbError.DbError | E, unknown> =>
   Stream.unwrap(Effect.gen(function*() {
+    // The first statement of a transaction goes only after BEGIN's answer (see sendBegin).
+    const opening = conn.opening
+    if (opening !== undefined) yield* Effect.promise(() => opening)
     if (prepared.changesSession) conn.sessionChanged = true
     /** Batches delivered by the driver and not yet pulled (at most one, and the last). */
     const batches: Array<ReadonlyArray<Row>> = []
@@ -647,7 +650,7 @@ export const stream = <E = never>(
         waiting = deliver
       }
       if (outcome === undefined) {
-        if (conn.wire === "dead") return resume(Effect.fail(lost(conn, prepared.text)))
+        if (conn.wire === "dead" || conn.beginError !== undefined) return resume(Effect.fail(conn.beginError ?? lost(conn, prepared.text)))
         start()
       } else if (batches.length === 0 && suspended !== undefined) {
         // Asked for more: only now does the driver fetch the next batch, so a consumer that stops leaves the
