@@ -70,7 +70,13 @@ export interface InteractionPool {
   readonly run: Run
   /** Runs a function interaction: several statements on one connection, outside a transaction. */
   readonly interaction: <A, E, R>(f: (connection: Connection) => Effect.Effect<A, E, R>) => Effect.Effect<A, E | DbError, R>
-  /** Runs `f` in a transaction: commit on success, rollback on failure and on interruption. */
+  /**
+   * Runs `f` in a transaction: commit on success, rollback on failure and on
+   * interruption. `f` starts as soon as BEGIN is sent; its first statement
+   * waits for BEGIN's answer, and if the server refuses it (an isolation
+   * level a standby cannot give, a timeout out of range) every statement of
+   * `f` fails with that error without being sent, as does the transaction.
+   */
   readonly transaction: <A, E, R>(
     f: (connection: Connection) => Effect.Effect<A, E, R>,
     options?: TransactionOptions

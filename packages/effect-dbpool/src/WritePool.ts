@@ -33,7 +33,9 @@ export interface WritePoolService extends InteractionPool {
   /**
    * Opens a transaction on a connection held until the scope closes. Steps
    * run on it whenever the program likes; closing the scope without `commit`
-   * rolls back.
+   * rolls back. The connection is handed out once BEGIN is sent; the first
+   * step waits for BEGIN's answer, so a BEGIN the server refuses fails that
+   * step (and every later one, and `commit`) with the server's error.
    */
   readonly partialTransaction: (
     options?: TransactionOptions

@@ -702,7 +702,10 @@ export const runPrepared = (
   pipelined?: () => boolean
 ): Effect.Effect<ReadonlyArray<unknown>, DbError.DbError | DbError.RowDecodeError, unknown> => {
   if (prepared.changesSession) conn.sessionChanged = true
-  const rows = Effect.map(execute(conn, prepared.text, prepared.params, pipelined), plainRows)
+  // The rows are made plain in the driver's callback: one step fewer than mapping the result.
+  const rows = Effect.callback<Array<postgres.Row>, DbError.DbError>((resume) =>
+    send(conn, prepared.text, prepared.params, resume, plainRows, pipelined, undefined)
+  )
   return schema === undefined ? rows : Effect.flatMap(rows, decodeRows(schema, prepared.text))
 }
 
