@@ -342,13 +342,27 @@ describe("a transaction the server refuses to open", () => {
           }), refusedOptions))
         assert.strictEqual(error._tag, "DatabaseError")
         assert.strictEqual("sqlState" in error ? error.sqlState : undefined, "22023")
-        assert.deepStrictEqual(seen, [error, error, error])
+        assert.strictEqual(seen.length, 3)
+        for (const e of seen) assert.strictEqual(e, error)
         assert.strictEqual(yield* val1(ROW.a), original.get(ROW.a))
         // Rolled back on the server (it had opened the transaction before refusing the setting), and reused.
         assert.deepStrictEqual(yield* idleInTransaction, [])
         yield* pool.transaction((conn) => Effect.andThen(Effect.sync(() => pids.push(conn.pid)), conn.run(update(ROW.a, mark(ROW.a)))))
         assert.strictEqual(yield* val1(ROW.a), mark(ROW.a))
         assert.strictEqual(pids[1], pids[0])
+        // Inside an interaction, the connection is usable again at once, outside any transaction, even when f
+        // succeeded and only COMMIT reported the refusal.
+        const inside = yield* pool.interaction((conn) =>
+          Effect.gen(function*() {
+            const refused = yield* failure(conn.transaction(() => Effect.void, refusedOptions))
+            const [one] = yield* conn.run(sql`SELECT 1 AS one`)
+            const [xid] = yield* conn.transaction((tx) => tx.run(sql`SELECT pg_current_xact_id()::text AS xid`))
+            return { refused, one: one?.["one"], xid: xid?.["xid"] }
+          })
+        )
+        assert.strictEqual("sqlState" in inside.refused ? inside.refused.sqlState : undefined, "22023")
+        assert.strictEqual(inside.one, 1)
+        assert.isString(inside.xid)
         // A partial transaction is handed out at once; its first step and its commit fail with the server's error.
         const partial = yield* Effect.scoped(Effect.gen(function*() {
           const tx = yield* pool.partialTransaction(refusedOptions)

@@ -476,11 +476,16 @@ export const send = <A>(
   release: (() => void) | undefined,
   values?: boolean
 ): Effect.Effect<void> | undefined => {
-  if (conn.opening !== undefined) return sendAfterBegin(conn.opening, () => send(conn, text, params, resume, onRows, pipelined, release, values), release)
-  if (conn.wire === "dead" || conn.beginError !== undefined) {
+  if (conn.wire === "dead" || (conn.opening === undefined && conn.beginError !== undefined)) {
     release?.()
-    resume(Effect.fail(conn.beginError ?? lost(conn, text)))
+    resume(Effect.fail(conn.wire === "dead" ? lost(conn, text) : conn.beginError!))
     return undefined
+  }
+  if (conn.opening !== undefined) {
+    return sendAfterBegin(conn.opening, () => send(conn, text, params, resume, onRows, pipelined, release, values), release, (defect) => {
+      release?.()
+      resume(Effect.die(defect))
+    })
   }
   let released = release === undefined
   /** Interrupted and being cancelled: the release waits until the cancel has settled the wire. */
@@ -529,14 +534,20 @@ export const send = <A>(
 const sendAfterBegin = (
   opening: Promise<void>,
   sendNow: () => Effect.Effect<void> | undefined,
-  release: (() => void) | undefined
+  release: (() => void) | undefined,
+  died: (defect: unknown) => void
 ): Effect.Effect<void> => {
   let state: "waiting" | "sent" | "interrupted" = "waiting"
   let onInterrupt: Effect.Effect<void> | undefined
   opening.then(() => {
     if (state !== "waiting") return
     state = "sent"
-    onInterrupt = sendNow()
+    try {
+      onInterrupt = sendNow()
+    } catch (defect) {
+      // Not an unhandled rejection and a caller waiting for ever: the caller gets the defect.
+      died(defect)
+    }
   })
   return Effect.suspend(() => {
     if (state === "sent") return onInterrupt ?? Effect.void
@@ -565,9 +576,6 @@ export const stream = <E = never>(
   decode: ((rows: ReadonlyArray<Row>) => Effect.Effect<ReadonlyArray<unknown>, E, unknown>) | undefined
 ): Stream.Stream<unknown, DbError.DbError | E, unknown> =>
   Stream.unwrap(Effect.gen(function*() {
-    // The first statement of a transaction goes only after BEGIN's answer (see sendBegin).
-    const opening = conn.opening
-    if (opening !== undefined) yield* Effect.promise(() => opening)
     if (prepared.changesSession) conn.sessionChanged = true
     /** Batches delivered by the driver and not yet pulled (at most one, and the last). */
     const batches: Array<ReadonlyArray<Row>> = []
@@ -649,9 +657,34 @@ export const stream = <E = never>(
         }
         waiting = deliver
       }
-      if (outcome === undefined) {
-        if (conn.wire === "dead" || conn.beginError !== undefined) return resume(Effect.fail(conn.beginError ?? lost(conn, prepared.text)))
+      /** Sends the cursor's statement, or fails the pull if the connection or the transaction's BEGIN cannot take it. */
+      const first = (): boolean => {
+        if (conn.wire === "dead" || conn.beginError !== undefined) {
+          resume(Effect.fail(conn.wire === "dead" ? lost(conn, prepared.text) : conn.beginError!))
+          return false
+        }
         start()
+        return true
+      }
+      if (outcome === undefined) {
+        const opening = conn.opening
+        if (opening !== undefined && conn.wire !== "dead") {
+          // The first statement of a transaction goes only after BEGIN's answer (see sendBegin).
+          let abandoned = false
+          opening.then(() => {
+            if (abandoned) return
+            try {
+              if (first()) deliver()
+            } catch (defect) {
+              resume(Effect.die(defect))
+            }
+          })
+          return Effect.sync(() => {
+            abandoned = true
+            waiting = undefined
+          })
+        }
+        if (!first()) return
       } else if (batches.length === 0 && suspended !== undefined) {
         // Asked for more: only now does the driver fetch the next batch, so a consumer that stops leaves the
         // cursor suspended (closed with a Sync, the connection ready) rather than running.
@@ -796,19 +829,27 @@ export const sendBegin = (conn: Conn, options?: TransactionOptions): void => {
   conn.txDepth = 1
   conn.failed = false
   conn.beginError = undefined
+  conn.opening = undefined
   if (conn.wire === "dead") return // its statements fail with ConnectionLost
   // SET LOCAL after a failed BEGIN is only a warning: they go out together.
   const texts = [beginText(options), ...localSettings(options)]
   let unanswered = texts.length
   let answeredAll: () => void = () => {}
-  conn.opening = new Promise<void>((resolve) => {
+  const opening = new Promise<void>((resolve) => {
     answeredAll = resolve
   })
+  conn.opening = opening
   const answered = (tracked: DriverQuery, text: string, error?: unknown) => {
     conn.inflight.delete(tracked)
-    if (error !== undefined && conn.beginError === undefined) conn.beginError = failed(conn, error, text)
+    // An answer that comes after rollback gave up waiting for it (the connection is dead by then) is not this
+    // transaction's news any more.
+    const current = conn.opening === opening
+    if (error !== undefined) {
+      if (current && conn.beginError === undefined) conn.beginError = failed(conn, error, text)
+      else noteFailure(conn, error)
+    }
     if (--unanswered > 0) return
-    conn.opening = undefined // before the waiting statements run: they are sent now
+    if (current) conn.opening = undefined // before the waiting statements run: they are sent now
     answeredAll()
   }
   for (const text of texts) {
@@ -869,10 +910,13 @@ export const rollback = (conn: Conn): Effect.Effect<void> =>
     const now = Effect.suspend(() => {
       conn.beginError = undefined
       return conn.wire === "dead" ? Effect.void : Effect.asVoid(control(conn, "ROLLBACK"))
+    }).pipe(Effect.timeout(cancelGraceMillis))
+    const gaveUp = Effect.sync(() => {
+      markDead(conn)
+      conn.opening = undefined
     })
-    return (opening === undefined ? now : Effect.andThen(Effect.promise(() => opening), now)).pipe(
-      Effect.timeout(cancelGraceMillis),
-      Effect.catchCause(() => Effect.sync(() => markDead(conn)))
+    return (opening === undefined ? now : Effect.andThen(Effect.timeout(Effect.promise(() => opening), cancelGraceMillis), now)).pipe(
+      Effect.catchCause(() => gaveUp)
     )
   }).pipe(
     Effect.ensuring(Effect.sync(() => {
@@ -909,7 +953,11 @@ export const transaction = <A, E, R>(
       // The hot path of every transaction: combinators, not a generator (whose stepping costs more per statement).
       sendBegin(conn, options)
       return Effect.flatMap(Effect.exit(restore(f(connection))), (exit): Effect.Effect<A, E | DbError.DbError, R> =>
-        exit._tag === "Failure" ? Effect.andThen(rollback(conn), exit) : Effect.as(commit(conn), exit.value))
+        exit._tag === "Failure"
+          ? Effect.andThen(rollback(conn), exit)
+          // A COMMIT that failed (BEGIN was refused, a deferred constraint) is rolled back now, not at check-in:
+          // inside an interaction the connection is used on, outside any transaction.
+          : Effect.as(Effect.onError(commit(conn), () => rollback(conn)), exit.value))
     }
     return Effect.gen(function*() {
       if (options !== undefined) {
