@@ -71,6 +71,39 @@ describe("faults", () => {
       }).pipe(Effect.provide(pools))
     }).pipe(Effect.scoped))
 
+  it.live("a BEGIN never answered: an interrupted transaction gives up on it after the grace period, and the connection is retired rather than waited on again", () =>
+    Effect.gen(function*() {
+      const server = new URL(Redacted.value(databaseUrl))
+      const proxy = yield* Proxy.make(Number(server.port))
+      const pools = DbPool.layer({ url: throughProxy(proxy.port), maxSize: 1, applicationName: h.appName })
+      yield* Effect.gen(function*() {
+        const pool = yield* WritePool
+        const seen = yield* pool.interaction((conn) =>
+          Effect.gen(function*() {
+            proxy.blackhole = true
+            // BEGIN goes into the blackhole; the statement waits for its answer.
+            const tx = yield* Effect.forkChild(conn.transaction((t) => t.run(sql`SELECT 1`)))
+            yield* Effect.sleep("200 millis")
+            const t0 = Date.now()
+            yield* Fiber.interrupt(tx) // its rollback waits for BEGIN's answer, boundedly
+            const gaveUpAfter = Date.now() - t0
+            const t1 = Date.now()
+            const next = yield* Effect.flip(conn.run(sql`SELECT 2`))
+            return { gaveUpAfter, next, failedAfter: Date.now() - t1 }
+          })
+        )
+        proxy.blackhole = false
+        assert.isAtLeast(seen.gaveUpAfter, 4000)
+        assert.isBelow(seen.gaveUpAfter, 10_000)
+        // The interaction's next statement fails at once: it does not wait on the BEGIN that was given up on.
+        assert.strictEqual(seen.next._tag, "ConnectionLost")
+        assert.isBelow(seen.failedAfter, 1000)
+        // The pool serves again, on a new connection.
+        assert.deepStrictEqual(yield* pool.run(sql`SELECT 3 AS ok`), [{ ok: 3 }])
+        assert.deepStrictEqual(unhandled, [])
+      }).pipe(Effect.provide(pools))
+    }).pipe(Effect.scoped), 30_000)
+
   it.live("a connect to a blackholed server fails with ConnectFailed after connectTimeout", () =>
     Effect.gen(function*() {
       const server = new URL(Redacted.value(databaseUrl))
