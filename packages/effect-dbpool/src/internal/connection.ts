@@ -6,8 +6,9 @@
  * they are where its failure modes live.
  *
  * This module owns what is on a connection's wire and in its session: its
- * {@link Wire} state, its transaction depth, whether a statement failed in
- * the transaction, whether the session was changed. Only the functions here
+ * {@link Wire} state, its transaction depth, a BEGIN sent and not yet
+ * answered (or refused), whether a statement failed in the transaction,
+ * whether the session was changed. Only the functions here
  * change them; the slots (who holds the connection) live in `slots.ts`.
  */
 import { Array as Arr, Cause, Clock, Duration, Effect, Option, Redacted, Schema, type Scope, Stream } from "effect"
