@@ -110,20 +110,19 @@ const queryWorkload = async (): Promise<{ run: Run; close: () => Promise<void> }
       // The floor for any Effect wrapper: raw postgres.js called from fibers through Effect.promise, no pool logic.
       // A transaction: a reserved connection, each of BEGIN, the statements and COMMIT awaited from the fiber.
       const sql = postgres(url, { max: poolSize, prepare: true, onnotice: () => {} })
-      const promise = <A>(f: () => PromiseLike<A>) => Effect.promise(() => Promise.resolve(f()))
       const op = workload === "point-select"
         ? () => Effect.promise(() => sql.unsafe(pointText, [randomId(rows)], { prepare: true }))
         : () => {
           const id = randomId(rows)
           return Effect.acquireUseRelease(
-            promise(() => sql.reserve()),
+            Effect.promise(() => sql.reserve()),
             (reserved) =>
               Effect.gen(function*() {
-                yield* promise(() => reserved.unsafe("BEGIN"))
-                yield* promise(() => reserved.unsafe(lockText, [id], { prepare: true }))
+                yield* Effect.promise(() => reserved.unsafe("BEGIN"))
+                yield* Effect.promise(() => reserved.unsafe(lockText, [id], { prepare: true }))
                 if (workload === "partial-transaction") yield* Effect.yieldNow
-                yield* promise(() => reserved.unsafe(updateText, [id], { prepare: true }))
-                yield* promise(() => reserved.unsafe("COMMIT"))
+                yield* Effect.promise(() => reserved.unsafe(updateText, [id], { prepare: true }))
+                yield* Effect.promise(() => reserved.unsafe("COMMIT"))
               }),
             (reserved) => Effect.sync(() => reserved.release())
           )

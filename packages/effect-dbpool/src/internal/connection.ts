@@ -416,6 +416,26 @@ const noteFailure = (conn: Conn, error: unknown): void => {
   else if (conn.txDepth > 0) conn.failed = true
 }
 
+/**
+ * Why a statement cannot be sent on this connection now, if it cannot: the
+ * connection is dead, or its transaction's BEGIN was refused (see sendBegin).
+ */
+const unusable = (conn: Conn, text: string): DbError.DbError | undefined =>
+  conn.wire === "dead" ? lost(conn, text) : conn.beginError
+
+/**
+ * Hands a statement to the driver, tracked in `inflight` until the caller's
+ * reaction to its outcome deletes it.
+ */
+const toDriver = (conn: Conn, text: string, params: DriverParams) => {
+  // simple: false keeps the extended protocol even without parameters, so text holds one statement only
+  // (a smuggled "; BEGIN" is a syntax error); the option exists at run time but not in the driver's typings.
+  const query = conn.sql.unsafe(text, params, { prepare: true, simple: false } as postgres.UnsafeQueryOptions)
+  const tracked: DriverQuery = query as DriverQuery // the driver's query carries `state` at run time, untyped
+  conn.inflight.add(tracked)
+  return { query, tracked }
+}
+
 /** Notes a statement's failure on the connection, and says what the caller gets. */
 const failed = (conn: Conn, error: unknown, text: string): DbError.DbError => {
   // Dropped because the socket closed (see socketClosed): the connection was lost, whatever the driver says.
@@ -477,16 +497,17 @@ export const send = <A>(
   release: (() => void) | undefined,
   values?: boolean
 ): Effect.Effect<void> | undefined => {
-  if (conn.wire === "dead" || (conn.opening === undefined && conn.beginError !== undefined)) {
-    release?.()
-    resume(Effect.fail(conn.wire === "dead" ? lost(conn, text) : conn.beginError!))
-    return undefined
-  }
-  if (conn.opening !== undefined) {
+  if (conn.opening !== undefined && conn.wire !== "dead") {
     return sendAfterBegin(conn.opening, () => send(conn, text, params, resume, onRows, pipelined, release, values), release, (defect) => {
       release?.()
       resume(Effect.die(defect))
     })
+  }
+  const refused = unusable(conn, text)
+  if (refused !== undefined) {
+    release?.()
+    resume(Effect.fail(refused))
+    return undefined
   }
   let released = release === undefined
   /** Interrupted and being cancelled: the release waits until the cancel has settled the wire. */
@@ -496,12 +517,8 @@ export const send = <A>(
     released = true
     release!()
   }
-  // simple: false keeps the extended protocol even without parameters, so text holds one statement only
-  // (a smuggled "; BEGIN" is a syntax error); the option exists at run time but not in the driver's typings.
-  const query = conn.sql.unsafe(text, params, { prepare: true, simple: false } as postgres.UnsafeQueryOptions)
+  const { query, tracked } = toDriver(conn, text, params)
   if (values === true) query.values() // rows as arrays (executeValues); it sets a mode on this query and returns it
-  const tracked: DriverQuery = query as DriverQuery // the driver's query carries `state` at run time, untyped
-  conn.inflight.add(tracked)
   // One reaction: the outcome is both what the caller gets and what a cancel waits for.
   const outcome: Promise<Outcome> = query.then(
     (rows) => {
@@ -595,9 +612,9 @@ export const stream = <E = never>(
     }
 
     const start = () => {
-      const query = conn.sql.unsafe(prepared.text, prepared.params, { prepare: true, simple: false } as postgres.UnsafeQueryOptions)
-      tracked = query as DriverQuery // the driver's query carries `state` at run time, untyped
-      conn.inflight.add(tracked)
+      const issued = toDriver(conn, prepared.text, prepared.params)
+      const query = issued.query
+      tracked = issued.tracked
       const cursor = query.cursor(Math.max(1, Math.floor(batchSize)), (rows: ReadonlyArray<Row>) => {
         if (closing) return Promise.reject(cursorClosed)
         // Suspended before the consumer is woken: waking may run it (and its finalizer) to the end inside this call.
@@ -659,33 +676,27 @@ export const stream = <E = never>(
         waiting = deliver
       }
       /** Sends the cursor's statement, or fails the pull if the connection or the transaction's BEGIN cannot take it. */
-      const first = (): boolean => {
-        if (conn.wire === "dead" || conn.beginError !== undefined) {
-          resume(Effect.fail(conn.wire === "dead" ? lost(conn, prepared.text) : conn.beginError!))
-          return false
+      const first = (): undefined => {
+        const refused = unusable(conn, prepared.text)
+        if (refused !== undefined) {
+          resume(Effect.fail(refused))
+          return undefined
         }
         start()
-        return true
+        deliver()
+        return undefined
       }
+      const stopWaiting = Effect.sync(() => {
+        waiting = undefined
+      })
       if (outcome === undefined) {
-        const opening = conn.opening
-        if (opening !== undefined && conn.wire !== "dead") {
-          // The first statement of a transaction goes only after BEGIN's answer (see sendBegin).
-          let abandoned = false
-          opening.then(() => {
-            if (abandoned) return
-            try {
-              if (first()) deliver()
-            } catch (defect) {
-              resume(Effect.die(defect))
-            }
-          })
-          return Effect.sync(() => {
-            abandoned = true
-            waiting = undefined
-          })
+        // The first statement of a transaction goes only after BEGIN's answer (see sendBegin).
+        if (conn.opening !== undefined && conn.wire !== "dead") {
+          const interrupted = sendAfterBegin(conn.opening, first, undefined, (defect) => resume(Effect.die(defect)))
+          return Effect.andThen(stopWaiting, interrupted)
         }
-        if (!first()) return
+        first()
+        return stopWaiting
       } else if (batches.length === 0 && suspended !== undefined) {
         // Asked for more: only now does the driver fetch the next batch, so a consumer that stops leaves the
         // cursor suspended (closed with a Sync, the connection ready) rather than running.
@@ -694,9 +705,7 @@ export const stream = <E = never>(
         s.resume()
       }
       deliver()
-      return Effect.sync(() => {
-        waiting = undefined
-      })
+      return stopWaiting
     })
 
     const pull = decode === undefined ? next : Effect.flatMap(next, decode)
@@ -804,17 +813,20 @@ const localSettings = (options: TransactionOptions | undefined): ReadonlyArray<s
   return out
 }
 
-/** Opens the outermost transaction on a connection. Uninterruptible: its outcome is always known. */
+/**
+ * Opens the outermost transaction and waits for BEGIN's answer: for the
+ * effect/sql bridge, whose SqlClient drives BEGIN itself and expects to hear
+ * of a refusal there. Uninterruptible: its outcome is always known.
+ */
 export const begin = (conn: Conn, options?: TransactionOptions): Effect.Effect<void, DbError.DbError> =>
   Effect.uninterruptible(Effect.suspend(() => {
-    // Counted as open before BEGIN is sent: if its outcome is lost, check-in rolls back (harmless outside a transaction).
-    conn.txDepth = 1
-    conn.failed = false
-    const local = localSettings(options)
-    const opened = control(conn, beginText(options))
-    return local.length === 0
-      ? Effect.asVoid(opened)
-      : Effect.andThen(opened, Effect.forEach(local, (text) => control(conn, text), { discard: true }))
+    sendBegin(conn, options)
+    const opening = conn.opening
+    const answered = Effect.suspend(() => {
+      const refused = unusable(conn, "BEGIN")
+      return refused === undefined ? Effect.void : Effect.fail(refused)
+    })
+    return opening === undefined ? answered : Effect.andThen(Effect.promise(() => opening), answered)
   }))
 
 /**
@@ -854,9 +866,7 @@ export const sendBegin = (conn: Conn, options?: TransactionOptions): void => {
     answeredAll()
   }
   for (const text of texts) {
-    const query = conn.sql.unsafe(text, noParams, { prepare: true, simple: false } as postgres.UnsafeQueryOptions)
-    const tracked: DriverQuery = query as DriverQuery // the driver's query carries `state` at run time, untyped
-    conn.inflight.add(tracked)
+    const { query, tracked } = toDriver(conn, text, noParams)
     query.then(() => answered(tracked, text), (error: unknown) => answered(tracked, text, error))
   }
 }
