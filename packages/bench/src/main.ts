@@ -79,8 +79,8 @@ const cases: ReadonlyArray<Case> = [
       workload: "point-select",
       concurrency,
       poolSize,
-      // At c=1, also the floor of any Effect wrapper over postgres.js: a reference, not a peer.
-      clients: concurrency === 1 ? [...queryClients, floorClient] : queryClients,
+      // Also the floor of any Effect wrapper over postgres.js: a reference, not a peer.
+      clients: [...queryClients, floorClient],
       pgbench: pointScript
     }))
   ),
