@@ -17,6 +17,9 @@ const throughProxy = (port: number) => {
   return Redacted.make(u.toString())
 }
 
+/** A proxy (closed with the scope) in front of the test server. */
+const proxyToServer = Effect.suspend(() => Proxy.make(Number(new URL(Redacted.value(databaseUrl)).port)))
+
 describe("faults", () => {
   it.live("an interruption storm leaves nothing running on the server and the pool whole", () =>
     Effect.gen(function*() {
@@ -52,8 +55,7 @@ describe("faults", () => {
 
   it.live("added network latency slows but breaks nothing; a blackhole stalls until it lifts", () =>
     Effect.gen(function*() {
-      const server = new URL(Redacted.value(databaseUrl))
-      const proxy = yield* Proxy.make(Number(server.port))
+      const proxy = yield* proxyToServer
       const pools = DbPool.layer({ url: throughProxy(proxy.port), maxSize: 2, applicationName: h.appName })
       yield* Effect.gen(function*() {
         const pool = yield* WritePool
@@ -73,8 +75,7 @@ describe("faults", () => {
 
   it.live("a BEGIN never answered: an interrupted transaction gives up on it after the grace period, and the connection is retired rather than waited on again", () =>
     Effect.gen(function*() {
-      const server = new URL(Redacted.value(databaseUrl))
-      const proxy = yield* Proxy.make(Number(server.port))
+      const proxy = yield* proxyToServer
       const pools = DbPool.layer({ url: throughProxy(proxy.port), maxSize: 1, applicationName: h.appName })
       yield* Effect.gen(function*() {
         const pool = yield* WritePool
@@ -106,8 +107,7 @@ describe("faults", () => {
 
   it.live("a connect to a blackholed server fails with ConnectFailed after connectTimeout", () =>
     Effect.gen(function*() {
-      const server = new URL(Redacted.value(databaseUrl))
-      const proxy = yield* Proxy.make(Number(server.port))
+      const proxy = yield* proxyToServer
       proxy.blackhole = true
       const t0 = Date.now()
       const error = yield* Effect.flip(
