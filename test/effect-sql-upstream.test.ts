@@ -527,7 +527,8 @@ describe("packages/effect/test/unstable/sql/SqlClient.test.ts: makeWithTransacti
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
       const pool = yield* WritePool
-      yield* Effect.exit(sql.withTransaction(Effect.void).pipe(Effect.provideService(SqlClient.BeginTransaction, "BEGIN NONSENSE")))
+      const exit = yield* Effect.exit(sql.withTransaction(Effect.void).pipe(Effect.provideService(SqlClient.BeginTransaction, "BEGIN NONSENSE")))
+      assert.isTrue(Exit.isFailure(exit), "BEGIN NONSENSE fails")
       const stats = yield* pool.stats
       assert.strictEqual(stats.used, 0)
       assert.deepStrictEqual((yield* h.sessions).map((s) => s.state), ["idle"])

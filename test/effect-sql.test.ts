@@ -15,7 +15,7 @@ import { Array as Arr, Cause, Data, Deferred, Effect, Exit, Fiber, Layer, Option
 import { Model } from "effect/schema"
 import { Migrator, SqlClient, SqlError, SqlModel, SqlResolver, SqlSchema, Statement as SqlStatement } from "effect/sql"
 import * as MigratorFileSystem from "effect/sql/MigratorFileSystem"
-import { DbError, type DbPool, EffectSql, Statement } from "effect-dbpool"
+import { DbError, type DbPool, EffectSql, Statement, WritePool } from "effect-dbpool"
 import { fileURLToPath } from "node:url"
 import { afterAll } from "vitest"
 import { harness, outsideTransaction, poll } from "./support.ts"
@@ -638,10 +638,13 @@ describe("withTransaction", () => {
       const sql = yield* SqlClient.SqlClient
       const release = yield* Deferred.make<void>()
       const holder = yield* Effect.forkChild(sql.withTransaction(Deferred.await(release)))
-      yield* poll(h.sessions, (ss) => ss.some((s) => s.state === "idle in transaction"))
+      const held = yield* poll(h.sessions, (ss) => ss.some((s) => s.state === "idle in transaction"))
+      assert.isTrue(held.some((s) => s.state === "idle in transaction"), "the only connection is held in a transaction")
+      const pool = yield* WritePool
       const waiter = yield* Effect.forkChild(sql.withTransaction(sql`SELECT 1`))
-      yield* Effect.sleep(100)
+      assert.strictEqual((yield* poll(pool.stats, (s) => s.pending === 1)).pending, 1, "the waiter queues for the connection")
       yield* Fiber.interrupt(waiter)
+      assert.strictEqual((yield* pool.stats).pending, 0, "the interrupted waiter left the queue")
       yield* Deferred.succeed(release, undefined)
       yield* Fiber.join(holder)
       const sessions = yield* poll(h.sessions, (ss) => ss.every((s) => s.state === "idle"))

@@ -1,7 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Effect, Fiber, Schema } from "effect"
 import { ReadPool, sql, Statement, WritePool } from "effect-dbpool"
-import { harness } from "./support.ts"
+import { harness, poll } from "./support.ts"
 
 const h = harness("interactions")
 
@@ -116,8 +116,9 @@ describe("interactions", () => {
     Effect.gen(function*() {
       const pool = yield* WritePool
       const holder = yield* Effect.forkChild(pool.run(sql`SELECT pg_sleep(0.3)`))
-      yield* Effect.sleep("50 millis")
+      assert.strictEqual((yield* poll(pool.stats, (s) => s.used === 1)).used, 1, "the only connection is held")
       assert.deepStrictEqual(yield* pool.transaction((conn) => conn.run(sql`SELECT 1 AS ok`)), [{ ok: 1 }])
+      assert.isDefined(holder.pollUnsafe(), "the transaction ran only once the holder had finished")
       yield* Fiber.join(holder)
     }).pipe(Effect.provide(h.pools({ maxSize: 1, acquireTimeout: Duration.infinity }))))
 })

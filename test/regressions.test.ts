@@ -790,6 +790,7 @@ describe("sizes", () => {
         assert.strictEqual(read.max, 16)
         assert.strictEqual(write.serverMax, 33, "write: 16 + 16 read + 1 listening")
         assert.strictEqual(read.serverMax, 33, "read: the same server as the write pool")
+        assert.deepStrictEqual(yield* h.sessions, [], "nothing was opened to find that out")
       }))
       // A read server of its own.
       yield* withPools({ maxSize: 16, readUrl: otherHostName(), readMaxSize: 5 }, Effect.gen(function*() {
@@ -797,9 +798,8 @@ describe("sizes", () => {
         const read = yield* (yield* ReadPool).stats
         assert.strictEqual(write.serverMax, 17, "write: 16 + 1 listening")
         assert.strictEqual(read.serverMax, 5, "read: its own max")
+        assert.deepStrictEqual(yield* h.sessions, [], "nothing was opened to find that out")
       }))
-      // And nothing was opened to find that out.
-      assert.deepStrictEqual(yield* h.sessions, [])
     }))
 
   it.live("fault 9: the read pool opens no connection until it is used, even with minSize set", () =>

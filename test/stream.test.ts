@@ -60,7 +60,8 @@ describe("pool.stream", () => {
     Effect.gen(function*() {
       const pool = yield* WritePool
       const fiber = yield* Effect.forkChild(Stream.runDrain(pool.stream(sql`SELECT pg_sleep(30), 1 AS x`)))
-      yield* poll(h.sessions, (s) => s.some((x) => x.state === "active" && x.query.includes("pg_sleep")), 3000, 20)
+      const running = yield* poll(h.sessions, (s) => s.some((x) => x.state === "active" && x.query.includes("pg_sleep")), 3000, 20)
+      assert.isTrue(running.some((x) => x.state === "active" && x.query.includes("pg_sleep")), "the first batch runs on the server")
       yield* Fiber.interrupt(fiber)
       const after = yield* poll(h.sessions, (s) => s.every((x) => x.state !== "active"), 3000, 20)
       assert.isTrue(after.every((x) => x.state !== "active"), JSON.stringify(after))
