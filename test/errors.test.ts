@@ -7,7 +7,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Context, Deferred, Effect, Fiber, Layer, Redacted } from "effect"
 import { type Connection, DbError, ReadPool, sql, Statement, WritePool } from "effect-dbpool"
 import { inject } from "vitest"
-import { harness } from "./support.ts"
+import { harness, poll } from "./support.ts"
 
 const h = harness("errors")
 
@@ -402,8 +402,9 @@ describe("connection and pool errors", () => {
         Effect.gen(function*() {
           const [row] = yield* conn.run(sql`SELECT pg_backend_pid() AS pid`)
           yield* h.observe("SELECT pg_terminate_backend($1)", [row?.["pid"]])
-          // Wait until the driver has seen the socket close, then send on the dead connection.
-          yield* Effect.sleep("200 millis")
+          // Wait until the backend is gone and the driver has seen the socket close, then send on the dead connection.
+          yield* poll(h.sessions, (ss) => !ss.some((s) => s.pid === Number(row?.["pid"])))
+          yield* Effect.sleep("100 millis")
           return yield* conn.run(sql`SELECT 1`)
         })
       ))

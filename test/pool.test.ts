@@ -10,7 +10,7 @@ import { DbPool, ReadPool, sql, WritePool } from "effect-dbpool"
 import type { DbError, InteractionPool } from "effect-dbpool"
 import * as Net from "node:net"
 import { afterAll, afterEach, expect } from "vitest"
-import { databaseUrl, harness } from "./support.ts"
+import { databaseUrl, harness, poll } from "./support.ts"
 
 const h = harness("pool")
 
@@ -247,10 +247,9 @@ describe("pool lifecycle and sizes", () => {
 
       yield* Deferred.succeed(release, undefined)
       yield* Fiber.join(holder)
-      const again = Date.now()
+      // Served, not timed out: nothing the timed-out callers left behind holds the connection.
       const rows = yield* pool.run(sql`SELECT 1 AS one`)
       assert.strictEqual(rows[0]?.["one"], 1)
-      assert.isBelow(Date.now() - again, 300)
     }).pipe(Effect.provide(h.pools({ maxSize: 1, acquireTimeout: "400 millis" }))))
 })
 
@@ -1031,7 +1030,7 @@ describe("connect failures", () => {
     Effect.gen(function*() {
       const pool = yield* WritePool
       yield* Effect.sleep("300 millis")
-      assert.deepInclude(yield* pool.stats, { idle: 2, used: 0 })
+      assert.deepInclude(yield* poll(pool.stats, (s) => s.idle === 2), { idle: 2, used: 0 })
       assert.strictEqual((yield* h.sessions).length, 2)
     }).pipe(Effect.provide(h.pools({ minSize: 2, maxSize: 8, checkOnStart: true }))))
 

@@ -388,7 +388,6 @@ describe("dry runs against the server", () => {
         { name: "text array", cast: "text[]", values: fc.array(fc.option(text, { nil: null }), { maxLength: 6 }) },
         { name: "bytea", cast: "bytea", values: fc.uint8Array({ maxLength: 40 }) }
       ]
-      const started = Date.now()
       for (const kind of kinds) {
         // On one connection per kind; compared as the driver returns them and as the server's text.
         yield* pool.interaction((conn) =>
@@ -405,7 +404,6 @@ describe("dry runs against the server", () => {
           })
         )
       }
-      assert.isBelow(Date.now() - started, 20_000)
     }).pipe(Effect.provide(h.pools())))
 })
 

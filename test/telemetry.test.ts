@@ -178,7 +178,8 @@ describe("metrics", () => {
       // A connection killed while idle is discarded as dead when next met.
       const [row] = yield* pool.run(sql`SELECT pg_backend_pid() AS pid`)
       yield* h.observe("SELECT pg_terminate_backend($1)", [row?.["pid"]])
-      yield* Effect.sleep("200 millis")
+      yield* poll(h.sessions, (ss) => !ss.some((s) => s.pid === Number(row?.["pid"])))
+      yield* Effect.sleep("100 millis")
       yield* Effect.forEach([1, 2, 3], () => pool.run(sql`SELECT 1`), { concurrency: "unbounded", discard: true })
       assert.strictEqual(yield* value("db.client.connection.discarded", { ...poolName, cause: "dead" }), 1)
     }).pipe(
