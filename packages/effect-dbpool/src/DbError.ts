@@ -602,7 +602,7 @@ export const isDbError = (u: unknown): u is DbError | RowDecodeError | PayloadDe
  * import { DbError, sql, WritePool } from "effect-dbpool"
  *
  * const transfer = WritePool.use((pool) =>
- *   pool.transaction((conn) => conn.run(sql`UPDATE accounts SET balance = balance - 1 WHERE id = ${1}`), { isolation: "serializable" })
+ *   pool.transaction((conn) => conn.run(sql`UPDATE accounts SET balance = balance - 1 WHERE id = ${1}`), { isolationLevel: "serializable" })
  * ).pipe(Effect.retry({ while: DbError.isRetryable, schedule: Schedule.exponential("10 millis"), times: 5 }))
  * ```
  *

@@ -279,9 +279,9 @@ const external = (url: Redacted.Redacted<string>) =>
  *
  * @example
  * ```ts
- * import { EmbeddedPostgres } from "@effect-dbpool/embedded-postgres"
+ * import { layer } from "@effect-dbpool/embedded-postgres"
  *
- * const ServerLive = EmbeddedPostgres.layer({
+ * const ServerLive = layer({
  *   sqlFile: "sql/test_schema.sql",
  *   settings: { "dbpool.seed_rows": "1000" }
  * })
