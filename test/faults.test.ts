@@ -128,9 +128,12 @@ describe("faults", () => {
   it.live("a server restart: typed errors while it is down, the pool serves again once it is back", () =>
     Effect.gen(function*() {
       const scope = yield* Scope.make()
+      // Closed below; these finalizers only matter when an assertion fails first (no server left running).
+      yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
       const context = yield* Layer.buildWithScope(postgresLayer({ alwaysEmbedded: true }), scope)
       const server = Context.get(context, EmbeddedPostgres)
       const poolScope = yield* Scope.make()
+      yield* Effect.addFinalizer(() => Scope.close(poolScope, Exit.void))
       const pools = yield* Layer.buildWithScope(
         DbPool.layer({ url: server.url, maxSize: 2, connectTimeout: "1 second", acquireTimeout: "2 seconds", applicationName: "dbpool-test-restart" }),
         poolScope
@@ -147,5 +150,5 @@ describe("faults", () => {
       yield* Scope.close(poolScope, Exit.void)
       yield* Scope.close(scope, Exit.void)
       assert.deepStrictEqual(unhandled, [])
-    }), 60_000)
+    }).pipe(Effect.scoped), 60_000)
 })
