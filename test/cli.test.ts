@@ -39,7 +39,10 @@ const dbpool = (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv = {}): Promi
     const child = spawn(node, [...nodeFlags, main, ...args], {
       cwd: root,
       env: { ...process.env, DATABASE_URL: "", ...env },
-      stdio: ["ignore", "pipe", "pipe"]
+      stdio: ["ignore", "pipe", "pipe"],
+      // A run that hangs is killed (and its test fails on the exit code) rather than outliving the test run.
+      timeout: 90_000,
+      killSignal: "SIGKILL"
     })
     let stdout = ""
     let stderr = ""
