@@ -779,6 +779,29 @@ describe("results", () => {
     })))
 })
 
+describe("connects", () => {
+  it.live("fault 10: a connect that fails before any I/O (a password effect failing at once) fails typed; the pool never spins on it", () =>
+    Effect.gen(function*() {
+      // Fails without waiting for anything, so the connect attempt ends inside the call that starts it.
+      const password = Effect.fail(new Error("the secret store is unreachable"))
+      // With the start-up check (the default) the Layer itself fails.
+      const built = yield* exitWithin("building the pool Layer", 10_000, Effect.scoped(Layer.build(h.pools({ minSize: 2, password, checkOnStart: true }))))
+      assert.strictEqual(errorTag(built), "ConnectFailed", describeExit(built))
+      // Without it the Layer builds, each caller fails typed, and timers still fire in between (nothing spins).
+      yield* Effect.scoped(Effect.gen(function*() {
+        const context = yield* Layer.build(h.pools({ minSize: 2, password, checkOnStart: false }))
+        const pool = Context.get(context, WritePool)
+        for (let i = 0; i < 3; i++) {
+          const exit = yield* exitWithin("a statement", 10_000, pool.run(sql`SELECT 1`))
+          assert.strictEqual(errorTag(exit), "ConnectFailed", describeExit(exit))
+          yield* Effect.sleep("60 millis") // the pool's maintenance (every 50 ms here) tops up to minSize meanwhile
+        }
+        assert.deepInclude(yield* pool.stats, { idle: 0, used: 0, pending: 0 })
+      }))
+      assert.deepStrictEqual(yield* h.sessions, [])
+    }))
+})
+
 describe("sizes", () => {
   it.live("fault 9: stats.serverMax says how many backends the Layer may open on the pool's server", () =>
     Effect.gen(function*() {

@@ -396,8 +396,13 @@ export const make = (
       }
     }
 
+    /**
+     * Starts the connects that bring the pool to minSize. Counted before starting: a connect that fails without
+     * waiting for anything (an unparsable URL, a password effect that fails at once) has ended by the time
+     * `startOpening` returns, so `size()` does not grow and a loop on it would never end.
+     */
     const topUp = () => {
-      while (!closed && size() < settings.minSize) startOpening(undefined)
+      for (let missing = settings.minSize - size(); missing > 0 && !closed; missing--) startOpening(undefined)
     }
 
     // -- acquire and release ---------------------------------------------------------
