@@ -484,8 +484,9 @@ const valueRows = (result: ReadonlyArray<postgres.Row>): Array<ReadonlyArray<unk
  * Sends one statement from inside an `Effect.callback` registration and
  * returns the registration's interruption handler. `release`, if given, is
  * called exactly once, before the caller is resumed: when the statement
- * settles, or when it is interrupted — at once if it is left to finish
- * (pipelined), after the cancel has settled otherwise.
+ * settles (`completed`: true), or when it is given up (false: refused
+ * unsent, or interrupted — released at once if it is left to finish
+ * (pipelined), after the cancel has settled otherwise).
  */
 export const send = <A>(
   conn: Conn,
@@ -494,28 +495,28 @@ export const send = <A>(
   resume: (effect: Effect.Effect<A, DbError.DbError>) => void,
   onRows: (rows: postgres.RowList<Array<postgres.Row>>) => A,
   pipelined: (() => boolean) | undefined,
-  release: (() => void) | undefined,
+  release: ((completed: boolean) => void) | undefined,
   values?: boolean
 ): Effect.Effect<void> | undefined => {
   if (conn.opening !== undefined && conn.wire !== "dead") {
     return sendAfterBegin(conn.opening, () => send(conn, text, params, resume, onRows, pipelined, release, values), release, (defect) => {
-      release?.()
+      release?.(false)
       resume(Effect.die(defect))
     })
   }
   const refused = unusable(conn, text)
   if (refused !== undefined) {
-    release?.()
+    release?.(false)
     resume(Effect.fail(refused))
     return undefined
   }
   let released = release === undefined
   /** Interrupted and being cancelled: the release waits until the cancel has settled the wire. */
   let cancelling = false
-  const releaseOnce = () => {
+  const releaseOnce = (completed: boolean) => {
     if (released) return
     released = true
-    release!()
+    release!(completed)
   }
   const { query, tracked } = toDriver(conn, text, params)
   if (values === true) query.values() // rows as arrays (executeValues); it sets a mode on this query and returns it
@@ -523,25 +524,26 @@ export const send = <A>(
   const outcome: Promise<Outcome> = query.then(
     (rows) => {
       conn.inflight.delete(tracked)
-      if (!cancelling) releaseOnce()
+      if (!cancelling) releaseOnce(true)
       resume(Effect.succeed(onRows(rows)))
       return { ok: true, rows }
     },
     (error: unknown) => {
       conn.inflight.delete(tracked)
       const failure = failed(conn, error, text)
-      if (!cancelling) releaseOnce()
+      if (!cancelling) releaseOnce(true)
       resume(Effect.fail(failure))
       return { ok: false, error }
     }
   )
   return Effect.suspend(() => {
+    // Given up, not completed: a placement decision must not take it for the connection completing statements.
     if (pipelined !== undefined && pipelined()) {
-      releaseOnce()
+      releaseOnce(false)
       return Effect.void
     }
     cancelling = true
-    return Effect.ensuring(cancelAndSettle(conn, tracked, outcome), Effect.sync(releaseOnce))
+    return Effect.ensuring(cancelAndSettle(conn, tracked, outcome), Effect.sync(() => releaseOnce(false)))
   })
 }
 
@@ -552,7 +554,7 @@ export const send = <A>(
 const sendAfterBegin = (
   opening: Promise<void>,
   sendNow: () => Effect.Effect<void> | undefined,
-  release: (() => void) | undefined,
+  release: ((completed: boolean) => void) | undefined,
   died: (defect: unknown) => void
 ): Effect.Effect<void> => {
   let state: "waiting" | "sent" | "interrupted" = "waiting"
@@ -570,7 +572,7 @@ const sendAfterBegin = (
   return Effect.suspend(() => {
     if (state === "sent") return onInterrupt ?? Effect.void
     state = "interrupted"
-    release?.()
+    release?.(false)
     return Effect.void
   })
 }

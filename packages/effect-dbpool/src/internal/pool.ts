@@ -166,9 +166,9 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
           resume,
           Conn.plainRows,
           () => !slots.alone(lease),
-          () => {
+          (completed) => {
             slots.metrics.operation(operation, clock.currentTimeMillisUnsafe() - start)
-            slots.release(lease, "shared", true)
+            slots.release(lease, "shared", completed)
           }
         )
       })
