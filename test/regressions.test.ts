@@ -754,6 +754,32 @@ describe("cancel requests", () => {
       }))
       assert.deepStrictEqual(stray.slice(0, 5), [], `${stray.length} of 50 next holders failed`)
     }))
+
+  it.live("fault 11: a connection in doubt stays in doubt: a later cancel that lands does not make it reusable", () =>
+    withPools({ maxSize: 1 }, Effect.gen(function*() {
+      const pool = yield* WritePool
+      const running = (text: string) =>
+        eventually(`"${text}" running`, h.sessions, (ss) => ss.some((s) => s.state === "active" && s.query.includes(text)))
+      const pid = yield* pool.interaction((conn) =>
+        Effect.gen(function*() {
+          const [row] = yield* conn.run(sql`SELECT pg_backend_pid() AS pid`)
+          // This statement swallows the cancel and succeeds: nothing proves the cancel request landed, so one
+          // may still land later (the connection is in doubt).
+          const swallowing = yield* Effect.forkChild(
+            conn.run(sql`DO $$ BEGIN PERFORM pg_sleep(0.5); EXCEPTION WHEN query_canceled THEN NULL; END $$`)
+          )
+          yield* running("pg_sleep(0.5)")
+          yield* Fiber.interrupt(swallowing)
+          // This one's cancel lands, which proves nothing about the earlier one.
+          const sleeping = yield* Effect.forkChild(conn.run(sql`SELECT pg_sleep(5)`))
+          yield* running("pg_sleep(5)")
+          yield* Fiber.interrupt(sleeping)
+          return Number(row?.["pid"])
+        })
+      )
+      const [after] = yield* pool.run(sql`SELECT pg_backend_pid() AS pid`)
+      assert.notStrictEqual(Number(after?.["pid"]), pid, "the connection in doubt was retired, not handed out again")
+    })))
 })
 
 // ---------------------------------------------------------------------------

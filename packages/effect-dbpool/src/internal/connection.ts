@@ -394,7 +394,10 @@ const cancelledByRequest = (error: unknown): boolean => {
  */
 const cancelAndSettle = (conn: Conn, query: DriverQuery, outcome: Promise<Outcome>) =>
   Effect.gen(function*() {
-    conn.wire = "cancelling"
+    // Only a `ready` wire moves to `cancelling`: an earlier cancel that may still land (`doubtful`), or another under
+    // way, keeps the connection in doubt whatever this one proves.
+    const wasReady = conn.wire === "ready"
+    if (wasReady) conn.wire = "cancelling"
     // postgres.js hands a query to its connection one microtask after it is created; cancelled before that, the
     // query is dropped locally but the connection parks in the driver's `full` queue for good. Let it be handed over.
     yield* Effect.promise(() => Promise.resolve().then(() => undefined).then(() => undefined))
@@ -406,9 +409,10 @@ const cancelAndSettle = (conn: Conn, query: DriverQuery, outcome: Promise<Outcom
       yield* Effect.promise(() => conn.sql.end({ timeout: 0 }).catch(() => undefined))
       return
     }
-    if (conn.wire !== "cancelling") return // died meanwhile
+    if (conn.wire === "dead") return // died meanwhile
     // Not sent: dropped from the driver's queue, nothing went out. Sent: only "cancelled by request" proves ours landed.
-    conn.wire = !sent || (!settled.value.ok && cancelledByRequest(settled.value.error)) ? "ready" : "doubtful"
+    const landed = !sent || (!settled.value.ok && cancelledByRequest(settled.value.error))
+    conn.wire = wasReady && conn.wire === "cancelling" && landed ? "ready" : "doubtful"
   })
 
 const noteFailure = (conn: Conn, error: unknown): void => {
