@@ -780,6 +780,27 @@ describe("cancel requests", () => {
       const [after] = yield* pool.run(sql`SELECT pg_backend_pid() AS pid`)
       assert.notStrictEqual(Number(after?.["pid"]), pid, "the connection in doubt was retired, not handed out again")
     })))
+
+  it.live("fault 12: a statement left running by a fiber that outlived its interaction is not handed to the next holder", () =>
+    withPools({ maxSize: 1 }, Effect.gen(function*() {
+      const pool = yield* WritePool
+      const { left, pid } = yield* pool.interaction((conn) =>
+        Effect.gen(function*() {
+          const [row] = yield* conn.run(sql`SELECT pg_backend_pid() AS pid`)
+          // Detached: it outlives the interaction, with its statement still running on the connection.
+          const left = yield* Effect.forkDetach(conn.run(sql`SELECT pg_sleep(0.5)`))
+          yield* eventually("the left statement running", h.sessions, (ss) => ss.some((s) => s.state === "active" && s.query.includes("pg_sleep(0.5)")))
+          return { left, pid: Number(row?.["pid"]) }
+        })
+      )
+      // The next holder gets a connection of its own, not a place in the queue behind (or under a cancel of) that one.
+      const [after] = yield* within("the next statement", 3000, pool.run(sql`SELECT pg_backend_pid() AS pid`))
+      assert.notStrictEqual(Number(after?.["pid"]), pid, "the connection with a statement left running was closed, not reused")
+      // The left statement ends with a typed error (its connection was closed under it), not a hang.
+      const exit = yield* exitWithin("the left statement", 5000, Fiber.join(left))
+      assert.strictEqual(errorTag(exit), "ConnectionLost", describeExit(exit))
+      yield* eventually("the old backend gone", h.sessions, (ss) => !ss.some((s) => s.pid === pid))
+    })))
 })
 
 // ---------------------------------------------------------------------------

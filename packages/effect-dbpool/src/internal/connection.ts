@@ -116,6 +116,16 @@ export const reusable = (conn: Conn, now: number): boolean => conn.wire === "rea
 export const retireCause = (conn: Conn): "dead" | "doubtful" | "lifetime" =>
   conn.wire === "dead" ? "dead" : conn.wire === "ready" ? "lifetime" : "doubtful"
 
+/**
+ * When an exclusive holder gives the connection back: a statement it left running (sent from a fiber that outlived
+ * its interaction) would run ahead of the next holder's statements, or be cancelled into them. Such a connection is
+ * not reused: marked dead, it is closed, which ends the statement (and any transaction) on the server.
+ */
+export const abandonLeftRunning = (conn: Conn): void => {
+  // While `opening` is set the only statements in flight are BEGIN and its SET LOCALs, which the rollback awaits.
+  if (conn.opening === undefined && conn.inflight.size > 0) markDead(conn)
+}
+
 /** Does it need a rollback or a session reset before it goes back? */
 export const needsCleanup = (conn: Conn): boolean => conn.wire !== "dead" && (conn.txDepth > 0 || conn.sessionChanged)
 

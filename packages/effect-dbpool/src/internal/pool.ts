@@ -85,11 +85,15 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
     /**
      * Returns a lease: rolled back and reset first when its holder left a
      * transaction or session settings; otherwise straight back (no effect to run).
+     * An exclusive holder that left a statement running gives back a connection
+     * that is closed instead (see `Conn.abandonLeftRunning`).
      */
-    const checkIn = (lease: Slots.Lease, mode: Slots.Mode): Effect.Effect<void> =>
-      Conn.needsCleanup(lease.conn)
+    const checkIn = (lease: Slots.Lease, mode: Slots.Mode): Effect.Effect<void> => {
+      if (mode === "exclusive") Conn.abandonLeftRunning(lease.conn)
+      return Conn.needsCleanup(lease.conn)
         ? Effect.ensuring(Conn.cleanUp(lease.conn), Effect.sync(() => slots.release(lease, mode)))
         : Effect.sync(() => slots.release(lease, mode))
+    }
 
     const logInteraction = (what: string, start: number, ok: boolean) =>
       Effect.logDebug("effect-dbpool: interaction").pipe(
