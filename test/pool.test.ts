@@ -10,7 +10,7 @@ import { DbPool, ReadPool, sql, WritePool } from "effect-dbpool"
 import type { DbError, InteractionPool } from "effect-dbpool"
 import * as Net from "node:net"
 import { afterAll, afterEach, expect } from "vitest"
-import { databaseUrl, harness, poll } from "./support.ts"
+import { databaseUrl, harness, otherHostName, poll } from "./support.ts"
 
 const h = harness("pool")
 
@@ -627,6 +627,53 @@ describe("configuration from the environment", () => {
             DATABASE_READ_POOL_MIN: "0",
             DATABASE_READ_POOL_MAX: "3",
             DATABASE_ACQUIRE_TIMEOUT: "300 millis",
+            DATABASE_APPLICATION_NAME: h.appName
+          }
+        }))),
+        Layer.provide(quiet)
+      )
+    )))
+
+  it.live("DbPool.layerConfig reads the session timeouts, DATABASE_PREPARE, DATABASE_READ_URL and DATABASE_PIPELINE_MAX_DEPTH", () =>
+    Effect.gen(function*() {
+      const write = yield* WritePool
+      const read = yield* ReadPool
+      // The session settings, as the server reports them on a pooled connection.
+      const [settings] = yield* write.run(sql`SELECT current_setting('statement_timeout') AS statement,
+        current_setting('lock_timeout') AS lock, current_setting('idle_in_transaction_session_timeout') AS idle`)
+      assert.deepStrictEqual(settings, { statement: "1500ms", lock: "2s", idle: "3s" })
+      // DATABASE_PREPARE=false: no named prepared statement is left on the connection.
+      const prepared = yield* write.interaction((conn) =>
+        Effect.andThen(
+          conn.run(sql`SELECT ${1}::int AS one`),
+          conn.run(sql`SELECT count(*)::int AS n FROM pg_prepared_statements`)
+        )
+      )
+      assert.deepStrictEqual(prepared, [{ n: 0 }])
+      // DATABASE_READ_URL (another name for the same machine): the read pool counts as on a server of its own.
+      assert.strictEqual((yield* write.stats).serverMax, 3, "write: 2 + 1 listening")
+      assert.strictEqual((yield* read.stats).serverMax, 4, "read: its own max")
+      assert.isTrue((yield* read.run(sql`SELECT current_setting('transaction_read_only') = 'on' AS ro`))[0]?.["ro"] === true)
+      // DATABASE_PIPELINE_MAX_DEPTH=1: single statements are not pipelined, so 4 of them on 2 connections queue.
+      const fiber = yield* Effect.forkChild(
+        Effect.forEach([1, 2, 3, 4], () => write.run(sql`SELECT pg_sleep(0.3)`), { concurrency: "unbounded", discard: true })
+      )
+      const queued = yield* poll(write.stats, (s) => s.pending === 2)
+      assert.strictEqual(queued.pending, 2)
+      yield* Fiber.join(fiber)
+    }).pipe(Effect.provide(
+      DbPool.layerConfig().pipe(
+        Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({
+          env: {
+            DATABASE_URL: Redacted.value(databaseUrl),
+            DATABASE_READ_URL: Redacted.value(otherHostName()),
+            DATABASE_POOL_MAX: "2",
+            DATABASE_READ_POOL_MAX: "4",
+            DATABASE_STATEMENT_TIMEOUT: "1500 millis",
+            DATABASE_LOCK_TIMEOUT: "2 seconds",
+            DATABASE_IDLE_IN_TRANSACTION_SESSION_TIMEOUT: "3 seconds",
+            DATABASE_PREPARE: "false",
+            DATABASE_PIPELINE_MAX_DEPTH: "1",
             DATABASE_APPLICATION_NAME: h.appName
           }
         }))),

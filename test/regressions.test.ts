@@ -12,7 +12,7 @@ import type { Connection, InteractionPool } from "effect-dbpool"
 import * as Net from "node:net"
 import postgres from "postgres"
 import { inject } from "vitest"
-import { databaseUrl, failOnEscapes, harness, outsideTransaction, poll } from "./support.ts"
+import { databaseUrl, failOnEscapes, harness, otherHostName, outsideTransaction, poll } from "./support.ts"
 
 const h = harness("regressions")
 
@@ -802,17 +802,6 @@ describe("cancel requests", () => {
       yield* eventually("the old backend gone", h.sessions, (ss) => !ss.some((s) => s.pid === pid))
     })))
 })
-
-// ---------------------------------------------------------------------------
-// fault 9: how many backends a Layer may open
-// ---------------------------------------------------------------------------
-
-/** The test server's URL under another host name for the same machine: a different server as far as URLs go. */
-const otherHostName = (): Redacted.Redacted<string> => {
-  const url = new URL(Redacted.value(databaseUrl))
-  url.hostname = url.hostname === "localhost" ? "127.0.0.1" : "localhost"
-  return Redacted.make(url.toString())
-}
 
 describe("results", () => {
   it.live("a statement that fails after sending rows leaves no holes in the next result on that connection", () =>

@@ -74,6 +74,13 @@ export const failOnEscapes = (): void => {
   })
 }
 
+/** The test server's URL under another host name for the same machine: a different server as far as URLs go. */
+export const otherHostName = (): Redacted.Redacted<string> => {
+  const url = new URL(Redacted.value(databaseUrl))
+  url.hostname = url.hostname === "localhost" ? "127.0.0.1" : "localhost"
+  return Redacted.make(url.toString())
+}
+
 /** Repeats `check` every `everyMillis` until `ok` holds or `millis` have passed; returns the last result. */
 export const poll = <A>(check: Effect.Effect<A>, ok: (a: A) => boolean, millis = 3000, everyMillis = 20): Effect.Effect<A> =>
   Effect.gen(function*() {
