@@ -134,9 +134,16 @@ layer(Cluster.layer({ replicas: 2 }), { timeout: 120_000, excludeTestServices: t
         let stale = 0
         for (let i = 1; i <= 20; i++) {
           yield* write.run(sql`UPDATE replicas_test SET v = ${start + i} WHERE id = 1`)
-          const token = yield* ReadYourWrites.writeToken
+          // writeToken reads the default write pool; tokenOf(pool), any write pool given.
+          const token = i % 2 === 0 ? yield* ReadYourWrites.writeToken : yield* ReadYourWrites.tokenOf(write)
           const seen = yield* value(read).pipe(ReadYourWrites.withToken(token))
           assert.strictEqual(seen, start + i, `read ${i} with the token`)
+          // Nested, the later token counts: an older one inside (the very first WAL position) does not loosen it.
+          const nested = yield* value(read).pipe(
+            ReadYourWrites.withToken({ _tag: "ReadToken", lsn: "0/0" }),
+            ReadYourWrites.withToken(token)
+          )
+          assert.strictEqual(nested, start + i, `read ${i} with an older token nested inside the write's`)
           // Functions and transactions are routed by the token as well.
           const inTx = yield* read.transaction((conn) =>
             Effect.map(conn.run(sql`SELECT v FROM replicas_test WHERE id = 1`), (rows) => Number(rows[0]?.["v"]))
