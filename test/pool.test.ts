@@ -597,6 +597,10 @@ describe("named pools", () => {
     ))
 })
 
+/** The default pools from `DbPool.layerConfig()`, reading `env` as the environment. */
+const fromEnv = (env: Record<string, string>) =>
+  DbPool.layerConfig().pipe(Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env }))), Layer.provide(quiet))
+
 describe("configuration from the environment", () => {
   it.live("DbPool.layerConfig reads DATABASE_URL, DATABASE_POOL_* and the durations", () =>
     Effect.gen(function*() {
@@ -617,22 +621,15 @@ describe("configuration from the environment", () => {
       if (error._tag === "PoolTimeout") assert.strictEqual(error.timeoutMillis, 300)
       yield* Deferred.succeed(release, undefined)
       yield* Fiber.join(holders)
-    }).pipe(Effect.provide(
-      DbPool.layerConfig().pipe(
-        Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({
-          env: {
-            DATABASE_URL: Redacted.value(databaseUrl),
-            DATABASE_POOL_MIN: "1",
-            DATABASE_POOL_MAX: "2",
-            DATABASE_READ_POOL_MIN: "0",
-            DATABASE_READ_POOL_MAX: "3",
-            DATABASE_ACQUIRE_TIMEOUT: "300 millis",
-            DATABASE_APPLICATION_NAME: h.appName
-          }
-        }))),
-        Layer.provide(quiet)
-      )
-    )))
+    }).pipe(Effect.provide(fromEnv({
+      DATABASE_URL: Redacted.value(databaseUrl),
+      DATABASE_POOL_MIN: "1",
+      DATABASE_POOL_MAX: "2",
+      DATABASE_READ_POOL_MIN: "0",
+      DATABASE_READ_POOL_MAX: "3",
+      DATABASE_ACQUIRE_TIMEOUT: "300 millis",
+      DATABASE_APPLICATION_NAME: h.appName
+    }))))
 
   it.live("DbPool.layerConfig reads the session timeouts, DATABASE_PREPARE, DATABASE_READ_URL and DATABASE_PIPELINE_MAX_DEPTH", () =>
     Effect.gen(function*() {
@@ -661,25 +658,18 @@ describe("configuration from the environment", () => {
       const queued = yield* poll(write.stats, (s) => s.pending === 2)
       assert.strictEqual(queued.pending, 2)
       yield* Fiber.join(fiber)
-    }).pipe(Effect.provide(
-      DbPool.layerConfig().pipe(
-        Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({
-          env: {
-            DATABASE_URL: Redacted.value(databaseUrl),
-            DATABASE_READ_URL: Redacted.value(otherHostName()),
-            DATABASE_POOL_MAX: "2",
-            DATABASE_READ_POOL_MAX: "4",
-            DATABASE_STATEMENT_TIMEOUT: "1500 millis",
-            DATABASE_LOCK_TIMEOUT: "2 seconds",
-            DATABASE_IDLE_IN_TRANSACTION_SESSION_TIMEOUT: "3 seconds",
-            DATABASE_PREPARE: "false",
-            DATABASE_PIPELINE_MAX_DEPTH: "1",
-            DATABASE_APPLICATION_NAME: h.appName
-          }
-        }))),
-        Layer.provide(quiet)
-      )
-    )))
+    }).pipe(Effect.provide(fromEnv({
+      DATABASE_URL: Redacted.value(databaseUrl),
+      DATABASE_READ_URL: Redacted.value(otherHostName()),
+      DATABASE_POOL_MAX: "2",
+      DATABASE_READ_POOL_MAX: "4",
+      DATABASE_STATEMENT_TIMEOUT: "1500 millis",
+      DATABASE_LOCK_TIMEOUT: "2 seconds",
+      DATABASE_IDLE_IN_TRANSACTION_SESSION_TIMEOUT: "3 seconds",
+      DATABASE_PREPARE: "false",
+      DATABASE_PIPELINE_MAX_DEPTH: "1",
+      DATABASE_APPLICATION_NAME: h.appName
+    }))))
 
   it.live("a named pool reads its own prefixed variables (ANALYTICS_DATABASE_URL, …)", () =>
     Effect.gen(function*() {
@@ -706,15 +696,9 @@ describe("configuration from the environment", () => {
 
   it.live("missing or malformed variables fail the Layer with a ConfigError", () =>
     Effect.gen(function*() {
-      const missing = yield* Effect.flip(Layer.build(DbPool.layerConfig().pipe(
-        Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env: { DATABASE_POOL_MAX: "2" } })))
-      )))
+      const missing = yield* Effect.flip(Layer.build(fromEnv({ DATABASE_POOL_MAX: "2" })))
       assert.strictEqual(missing._tag, "ConfigError")
-      const malformed = yield* Effect.flip(Layer.build(DbPool.layerConfig().pipe(
-        Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({
-          env: { DATABASE_URL: Redacted.value(databaseUrl), DATABASE_POOL_MAX: "many" }
-        })))
-      )))
+      const malformed = yield* Effect.flip(Layer.build(fromEnv({ DATABASE_URL: Redacted.value(databaseUrl), DATABASE_POOL_MAX: "many" })))
       assert.strictEqual(malformed._tag, "ConfigError")
     }))
 })
