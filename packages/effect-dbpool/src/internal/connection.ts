@@ -48,7 +48,8 @@ export interface ConnectOptions {
  * - `ready`: nothing of ours is in doubt; the connection may be reused.
  * - `cancelling`: a cancel request for its statement is being sent and the statement awaited; nobody may join.
  * - `doubtful`: a cancel request may still land on whatever runs next: retire it.
- * - `dead`: the socket closed or a statement failed with a connection error: never use it again.
+ * - `dead`: the socket closed, a statement failed with a connection error, or a holder gave the connection back with
+ *   a statement still running (see {@link abandonLeftRunning}): never use it again.
  *
  * `ready → cancelling → ready | doubtful | dead`, and `* → dead`; nothing leaves `doubtful` or `dead`.
  */
