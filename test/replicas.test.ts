@@ -5,7 +5,7 @@
  */
 import { Cluster } from "@effect-dbpool/embedded-postgres/Cluster"
 import { assert, layer } from "@effect/vitest"
-import { ConfigProvider, Effect, Layer, Redacted, References, Schedule } from "effect"
+import { ConfigProvider, Deferred, Effect, Fiber, Layer, Redacted, References, Schedule } from "effect"
 import { DbPool, ReadPool, ReadYourWrites, sql, WritePool } from "effect-dbpool"
 import type { InteractionPool as IP } from "effect-dbpool"
 type InteractionPool = IP.InteractionPool
@@ -163,6 +163,29 @@ layer(Cluster.layer({ replicas: 2 }), { timeout: 120_000, excludeTestServices: t
       )
       yield* cluster.awaitReplay(r1!)
       yield* cluster.awaitReplay(r2!)
+    }))
+
+  it.effect("read-your-writes: replicas whose connections are all held do not stretch the wait past readYourWritesWait", () =>
+    Effect.gen(function*() {
+      const cluster = yield* Cluster
+      yield* Effect.gen(function*() {
+        const read = yield* ReadPool
+        const write = yield* WritePool
+        // The one connection of each replica's pool is held: nothing can ask a replica how far it has replayed.
+        const release = yield* Deferred.make<void>()
+        const holders = yield* Effect.forkChild(
+          Effect.forEach([1, 2], () => read.interaction(() => Deferred.await(release)), { concurrency: "unbounded", discard: true })
+        )
+        yield* eventually(Effect.map(replicaStats(read), (s) => s.replicas.every((r) => r.used === 1)), "both replicas held")
+        yield* write.run(sql`UPDATE replicas_test SET v = v + 1 WHERE id = 1`)
+        const token = yield* ReadYourWrites.writeToken
+        const startedAt = Date.now()
+        // readYourWritesWait 300 ms, a replica pool's acquire timeout 5 s: the read goes to the primary after the former.
+        assert.strictEqual(yield* port(read).pipe(ReadYourWrites.withToken(token)), cluster.primary.port)
+        assert.isBelow(Date.now() - startedAt, 2500, "the token read waited for a replica's connection, not readYourWritesWait")
+        yield* Deferred.succeed(release, undefined)
+        yield* Fiber.join(holders)
+      }).pipe(Effect.provide(pools(cluster, { readMaxSize: 1, readYourWritesWait: "300 millis", acquireTimeout: "5 seconds" })))
     }))
 
   it.effect("read-your-writes: with no replica replaying the token in time, reads go to the primary", () =>

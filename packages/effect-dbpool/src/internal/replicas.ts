@@ -73,14 +73,25 @@ export const make = (settings: Settings): Effect.Effect<InteractionPool, never, 
         }
         entry.state = state
         entry.reason = reason
+        // Back from down it may have replayed less than before (a restart resumes from a restartpoint, a rebuilt
+        // replica from its base backup): only a position read after it comes back counts for tokens.
+        if (state === "down") {
+          entry.replayLsn = undefined
+          entry.replayLsnText = undefined
+        }
         entry.since = clock.currentTimeMillisUnsafe()
         const log = state === "up" ? Effect.logInfo("effect-dbpool: replica back in use") : Effect.logWarning(`effect-dbpool: replica ${state}`)
         return log.pipe(Effect.annotateLogs({ pool: entry.pool.name, server: entry.server, ...(reason === undefined ? {} : { reason }) }))
       })
 
-    const seen = (entry: Entry, text: string) => {
+    /**
+     * A replay position read on the replica. A refresh only raises it (its answers may overtake each other); the
+     * periodic probe (`exact`) sets it as read, so that one restarted between two probes, now behind what it had
+     * replayed, is not trusted with tokens it no longer covers.
+     */
+    const seen = (entry: Entry, text: string, exact = false) => {
       const lsn = Lsn.toBigInt(text)
-      if (lsn !== undefined && (entry.replayLsn === undefined || lsn > entry.replayLsn)) {
+      if (lsn !== undefined && (exact || entry.replayLsn === undefined || lsn > entry.replayLsn)) {
         entry.replayLsn = lsn
         entry.replayLsnText = text
       }
@@ -115,8 +126,12 @@ export const make = (settings: Settings): Effect.Effect<InteractionPool, never, 
 
     const replayQuery = Statement.text("SELECT pg_is_in_recovery() AS recovery, pg_last_wal_replay_lsn()::text AS lsn")
 
-    /** Re-reads the replay position of each usable replica not yet known to have replayed `minLsn`. */
-    const refresh = (minLsn: bigint) =>
+    /**
+     * Re-reads the replay position of each usable replica not yet known to have replayed `minLsn`, giving up on
+     * those that do not answer within `millis` (their connections all held, a connect under way): the wait for a
+     * token is bounded by readYourWritesWait, not by a replica pool's acquire or connect timeout.
+     */
+    const refresh = (minLsn: bigint, millis: number) =>
       Effect.forEach(
         entries.filter((e) => e.state === "up" && (e.replayLsn === undefined || e.replayLsn < minLsn)),
         (e) =>
@@ -127,7 +142,8 @@ export const make = (settings: Settings): Effect.Effect<InteractionPool, never, 
               if (typeof row["lsn"] === "string") seen(e, row["lsn"])
               return Effect.void
             }),
-            Effect.catch((err) => lostConnection(err) ? setState(e, "down", err.message) : Effect.void)
+            Effect.catch((err) => lostConnection(err) ? setState(e, "down", err.message) : Effect.void),
+            Effect.timeoutOption(Duration.millis(millis))
           ),
         { concurrency: "unbounded", discard: true }
       )
@@ -148,7 +164,7 @@ export const make = (settings: Settings): Effect.Effect<InteractionPool, never, 
           // A token no usable replica is known to have replayed: wait for one, within readYourWritesWait.
           const deadline = clock.currentTimeMillisUnsafe() + waitMillis
           while (true) {
-            yield* refresh(minLsn)
+            yield* refresh(minLsn, Math.max(1, deadline - clock.currentTimeMillisUnsafe()))
             entry = pick(minLsn)
             if (entry !== undefined) return { entry, pool: entry.pool }
             const left = deadline - clock.currentTimeMillisUnsafe()
@@ -243,7 +259,7 @@ export const make = (settings: Settings): Effect.Effect<InteractionPool, never, 
           const row = rows[0]
           if (row?.["recovery"] !== true) return setState(e, "down", "not a standby (promoted?)")
           const text = typeof row["lsn"] === "string" ? row["lsn"] : undefined
-          if (text !== undefined) seen(e, text)
+          if (text !== undefined) seen(e, text, true)
           const replayed = text === undefined ? undefined : Lsn.toBigInt(text)
           // Behind only when it has not replayed what the primary had written maxReplicaLag ago: an idle primary
           // (old replay timestamps, nothing to replay) is no lag.
