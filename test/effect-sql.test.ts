@@ -633,6 +633,25 @@ describe("withTransaction", () => {
       assert.isTrue(yield* outsideTransaction)
     }).pipe(Effect.provide(Live({ maxSize: 1 }))))
 
+  it.live("interruption of concurrent statements in a transaction cancels them: the rollback does not wait behind them", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const fiber = yield* Effect.forkChild(sql.withTransaction(
+        Effect.all([sql`SELECT pg_sleep(30)`, sql`SELECT pg_sleep(30)`], { concurrency: 2, discard: true })
+      ))
+      const sleeping = yield* poll(h.sessions, (ss) => ss.some((s) => s.state === "active" && s.query.includes("pg_sleep(30)")))
+      assert.isTrue(sleeping.some((s) => s.state === "active" && s.query.includes("pg_sleep(30)")), "a statement runs")
+      const interrupted = Date.now()
+      yield* Fiber.interrupt(fiber)
+      // Left running, the statements would hold the ROLLBACK back until its 5 s bound.
+      assert.isBelow(Date.now() - interrupted, 4000, "cancelled, not waited out")
+      // Nothing runs and nothing is left in a transaction (the connection may be retired: a cancel meant for one
+      // statement may still land on whatever runs next there).
+      const after = yield* poll(h.sessions, (ss) => ss.every((s) => s.state === "idle"))
+      assert.isTrue(after.every((s) => s.state === "idle"), JSON.stringify(after))
+      assert.isTrue(yield* outsideTransaction)
+    }).pipe(Effect.provide(Live({ maxSize: 1 }))))
+
   it.live("interruption while waiting for a connection: nothing is begun, nothing leaks", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient

@@ -203,8 +203,13 @@ export class HeldConnection implements SqlConnection.Connection {
     this.readOnly = readOnly
   }
 
-  /** Statements pipelined with others on this connection are left to finish when interrupted (see `execute`). */
-  private readonly pipelined = () => this.conn.inflight.size > 1
+  /**
+   * Statements pipelined with others on this connection are left to finish when interrupted (see `execute`) —
+   * outside a transaction only: inside one, an interrupted statement is cancelled like `pool.transaction`'s (a
+   * cancel landing on a sibling statement does no harm, the transaction rolls back), so the rollback does not
+   * wait behind statements left running.
+   */
+  private readonly pipelined = () => this.conn.txDepth === 0 && this.conn.inflight.size > 1
 
   private guard<A>(effect: () => Effect.Effect<A, SqlError.SqlError>): Effect.Effect<A, SqlError.SqlError> {
     return Effect.suspend(() => (this.live ? effect() : Effect.fail(toSqlError(returned, "execute"))))
