@@ -755,11 +755,13 @@ describe("cancel requests", () => {
       assert.deepStrictEqual(stray.slice(0, 5), [], `${stray.length} of 50 next holders failed`)
     }))
 
+  /** Waits until the server runs a statement of this file's pools whose text includes `text`. */
+  const running = (text: string) =>
+    eventually(`"${text}" running`, h.sessions, (ss) => ss.some((s) => s.state === "active" && s.query.includes(text)))
+
   it.live("fault 11: a connection in doubt stays in doubt: a later cancel that lands does not make it reusable", () =>
     withPools({ maxSize: 1 }, Effect.gen(function*() {
       const pool = yield* WritePool
-      const running = (text: string) =>
-        eventually(`"${text}" running`, h.sessions, (ss) => ss.some((s) => s.state === "active" && s.query.includes(text)))
       const pid = yield* pool.interaction((conn) =>
         Effect.gen(function*() {
           const [row] = yield* conn.run(sql`SELECT pg_backend_pid() AS pid`)
@@ -789,7 +791,7 @@ describe("cancel requests", () => {
           const [row] = yield* conn.run(sql`SELECT pg_backend_pid() AS pid`)
           // Detached: it outlives the interaction, with its statement still running on the connection.
           const left = yield* Effect.forkDetach(conn.run(sql`SELECT pg_sleep(0.5)`))
-          yield* eventually("the left statement running", h.sessions, (ss) => ss.some((s) => s.state === "active" && s.query.includes("pg_sleep(0.5)")))
+          yield* running("pg_sleep(0.5)")
           return { left, pid: Number(row?.["pid"]) }
         })
       )

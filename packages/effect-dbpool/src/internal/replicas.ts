@@ -89,12 +89,13 @@ export const make = (settings: Settings): Effect.Effect<InteractionPool, never, 
      * periodic probe (`exact`) sets it as read, so that one restarted between two probes, now behind what it had
      * replayed, is not trusted with tokens it no longer covers.
      */
-    const seen = (entry: Entry, text: string, exact = false) => {
+    const seen = (entry: Entry, text: string, exact = false): bigint | undefined => {
       const lsn = Lsn.toBigInt(text)
       if (lsn !== undefined && (exact || entry.replayLsn === undefined || lsn > entry.replayLsn)) {
         entry.replayLsn = lsn
         entry.replayLsnText = text
       }
+      return lsn
     }
 
     /** The least busy usable replica (statements in flight plus callers waiting), ties taken in turn; with `minLsn`, only those known to have replayed it. */
@@ -259,8 +260,7 @@ export const make = (settings: Settings): Effect.Effect<InteractionPool, never, 
           const row = rows[0]
           if (row?.["recovery"] !== true) return setState(e, "down", "not a standby (promoted?)")
           const text = typeof row["lsn"] === "string" ? row["lsn"] : undefined
-          if (text !== undefined) seen(e, text, true)
-          const replayed = text === undefined ? undefined : Lsn.toBigInt(text)
+          const replayed = text === undefined ? undefined : seen(e, text, true)
           // Behind only when it has not replayed what the primary had written maxReplicaLag ago: an idle primary
           // (old replay timestamps, nothing to replay) is no lag.
           if (behindOf !== undefined && (replayed === undefined || replayed < behindOf)) {
