@@ -753,6 +753,14 @@ describe("read client", () => {
       )
       assert.strictEqual(EffectSql.sqlState(readWrite), "25006")
       assert.strictEqual((yield* failure(read`UPDATE ${read(t)} SET id = 4`.raw)).reason._tag, "AuthorizationError")
+      // Nor can a statement of its own make it read-write (refused before it is sent).
+      const unlocked = yield* failure(read.withTransaction(Effect.andThen(read`SET TRANSACTION READ WRITE`, read`DELETE FROM ${read(t)}`)))
+      assert.strictEqual(EffectSql.dbError(unlocked)?._tag, "ReadOnlyTransaction")
+      const unlockedSession = yield* failure(Effect.andThen(
+        read`SELECT set_config('default_transaction_read_only', 'off', false)`,
+        read`DELETE FROM ${read(t)}`
+      ))
+      assert.strictEqual(EffectSql.sqlState(unlockedSession), "25006")
       assert.deepStrictEqual(yield* rowsOf(`SELECT id FROM "${t}"`), [{ id: 1 }])
       // layerRead provides SqlClient itself over the read pool.
       const viaLayer = yield* failure(SqlClient.SqlClient.use((sql) => sql`DELETE FROM ${sql(t)}`).pipe(

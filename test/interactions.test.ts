@@ -53,7 +53,6 @@ describe("interactions", () => {
   it.live("session settings made with SET do not outlive the interaction that made them", () =>
     Effect.gen(function*() {
       const pool = yield* WritePool
-      const readPool = yield* ReadPool
       const inside = yield* pool.interaction((conn) =>
         Effect.gen(function*() {
           yield* conn.run(sql`SET statement_timeout = 4321`)
@@ -65,10 +64,52 @@ describe("interactions", () => {
       assert.deepStrictEqual(yield* pool.run(sql`SHOW statement_timeout`), [{ statement_timeout: "0" }])
       // Same connection (maxSize 1): reset, not replaced.
       assert.deepStrictEqual(yield* pool.run(sql`SELECT pg_backend_pid() AS pid`), pidBefore)
-      // The read pool's read-only default comes back too.
-      yield* readPool.run(sql`SET default_transaction_read_only = off`)
-      const refused = yield* Effect.flip(readPool.run(sql`CREATE TEMP TABLE t_after_reset (x int)`))
-      assert.strictEqual(refused._tag, "ReadOnlyTransaction")
+    }).pipe(Effect.provide(h.pools({ maxSize: 1 }))))
+
+  it.live("the read pool refuses every statement that would make its connection writable, and no write lands", () =>
+    Effect.gen(function*() {
+      const readPool = yield* ReadPool
+      yield* h.observe("CREATE TABLE IF NOT EXISTS read_pool_writes (attempt text)")
+      yield* h.observe("TRUNCATE read_pool_writes")
+      yield* h.observe("ALTER SYSTEM RESET work_mem")
+      const write = (attempt: string) => sql`INSERT INTO read_pool_writes VALUES (${attempt})`
+      // Each unlocks writes on a plain read-only session or transaction (checked against the server), then writes.
+      const inSession: ReadonlyArray<Statement.Statement> = [
+        sql`SET default_transaction_read_only = off`,
+        sql`SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE`,
+        sql`SELECT set_config('default_transaction_read_only', 'off', false)`,
+        Statement.text("SELECT set_config($1, $2, false)", ["default_transaction_read_only", "off"]),
+        sql`SELECT pg_catalog.set_config(lower('DEFAULT_TRANSACTION_READ_ONLY'), 'off', false)`,
+        sql`/* hidden */ set Default_Transaction_Read_Only to false`
+      ]
+      const inTransaction: ReadonlyArray<Statement.Statement> = [
+        sql`SET TRANSACTION READ WRITE`,
+        sql`SET LOCAL transaction_read_only = off`
+      ]
+      const attempts = [
+        ...inSession.map((unlock) =>
+          [unlock.text, readPool.interaction((conn) => Effect.andThen(conn.run(unlock), conn.run(write(unlock.text))))] as const
+        ),
+        ...inSession.map((unlock) => [`run: ${unlock.text}`, Effect.andThen(readPool.run(unlock), readPool.run(write(unlock.text)))] as const),
+        ...inTransaction.map((unlock) =>
+          [unlock.text, readPool.transaction((conn) => Effect.andThen(conn.run(unlock), conn.run(write(unlock.text))), { readOnly: false })] as const
+        ),
+        ["ALTER SYSTEM SET work_mem = '64MB'", readPool.run(sql`ALTER SYSTEM SET work_mem = '64MB'`)] as const
+      ]
+      for (const [name, attempt] of attempts) {
+        const error = yield* Effect.flip(Effect.andThen(attempt, Effect.fail(new Error("it went through"))))
+        assert.strictEqual("_tag" in error ? error._tag : error.message, "ReadOnlyTransaction", name)
+        // Refused before it was sent, not the server refusing the INSERT after it.
+        assert.isTrue(name.endsWith("statement" in error ? error.statement ?? "?" : "?"), name)
+      }
+      assert.deepStrictEqual(yield* h.observe("SELECT attempt FROM read_pool_writes"), [])
+      assert.deepStrictEqual(yield* h.observe("SELECT sourcefile FROM pg_file_settings WHERE name = 'work_mem'"), [])
+      // Reading the settings is still a read.
+      assert.deepStrictEqual(yield* readPool.run(sql`SHOW transaction_read_only`), [{ transaction_read_only: "on" }])
+      assert.deepStrictEqual(
+        yield* readPool.run(sql`SELECT current_setting('default_transaction_read_only') AS ro, set_config('application_name', 'x', true) AS app`),
+        [{ ro: "on", app: "x" }]
+      )
     }).pipe(Effect.provide(h.pools({ maxSize: 1 }))))
 
   it.live("SET ROLE and temp tables do not outlive the interaction either", () =>

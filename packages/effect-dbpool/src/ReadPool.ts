@@ -1,7 +1,9 @@
 /**
  * The read pool: interactions against a replica (`readUrl`), or against the
  * primary in read-only sessions when there is no replica. Either way every
- * write through it fails with `ReadOnlyTransaction`.
+ * write through it fails with `ReadOnlyTransaction`, and so does, unsent, a
+ * statement that would switch its session or transaction to read-write
+ * (`SET TRANSACTION READ WRITE`, `set_config('default_transaction_read_only', …)`).
  *
  * @since 0.1.0
  */

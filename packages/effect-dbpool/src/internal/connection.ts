@@ -22,7 +22,7 @@ import { fromDriver, isConnectionFailure, sqlStateClass } from "./errors.ts"
 import { arrayText, arrayTypeOid, isJsonObject, Json } from "./literal.ts"
 import * as Notify from "./notify.ts"
 import * as Telemetry from "./telemetry.ts"
-import { classify, operationOf } from "./sqlText.ts"
+import { classify, operationOf, unlocksWrites } from "./sqlText.ts"
 
 /** How to open connections; derived from the pool's config. */
 export interface ConnectOptions {
@@ -85,10 +85,13 @@ export class Conn {
   readonly sql: postgres.Sql
   readonly server: string
   readonly expiresAt: number
-  constructor(sql: postgres.Sql, server: string, expiresAt: number) {
+  /** A read pool's connection: statements that would make it writable are refused (see {@link prepare}). */
+  readonly readOnly: boolean
+  constructor(sql: postgres.Sql, server: string, expiresAt: number, readOnly: boolean) {
     this.sql = sql
     this.server = server
     this.expiresAt = expiresAt
+    this.readOnly = readOnly
   }
 }
 
@@ -195,7 +198,7 @@ const openOne = (
       // The driver throws on a URL it cannot parse, with the URL in the error: say so without repeating it.
       return Effect.fail(new DbError.ConnectFailed({ message: `cannot connect: the connection URL is not valid`, server: options.server }))
     }
-    const c = new Conn(sql, options.server, expiresAt)
+    const c = new Conn(sql, options.server, expiresAt, options.readOnly)
     conn = c
     return restore(Effect.tryPromise({
       try: () =>
@@ -370,10 +373,29 @@ export interface Prepared {
   readonly changesSession: boolean
 }
 
-/** Checks a user statement without a connection: transaction control and unsendable values are refused here. */
-export const prepare = (statement: Statement): Prepared | DbError.InvalidInput => {
+/** Why {@link prepare} refused a statement. */
+export type Refused = DbError.InvalidInput | DbError.ReadOnlyTransaction
+
+/** Did {@link prepare} refuse the statement? */
+export const isRefused = (prepared: Prepared | Refused): prepared is Refused => "_tag" in prepared
+
+const stayReadOnly = (text: string) =>
+  new DbError.ReadOnlyTransaction({
+    message: "the read pool keeps its connections read-only: a statement that would let it write " +
+      "(SET … READ WRITE, [default_]transaction_read_only, set_config of it, ALTER SYSTEM) is refused; writes go through the WritePool",
+    sqlState: "25006",
+    sqlStateClass: sqlStateClass("25006"),
+    statement: text
+  })
+
+/**
+ * Checks a user statement without a connection: transaction control, unsendable values and, on a read pool's
+ * connection (`readOnly`), statements that would make it writable are refused here.
+ */
+export const prepare = (statement: Statement, readOnly: boolean): Prepared | Refused => {
   const kind = classify(statement.text)
   if (kind === "transaction control") return transactionControlRefused
+  if (readOnly && unlocksWrites(statement.text, statement.params)) return stayReadOnly(statement.text)
   const params = toDriverParams(statement.params)
   if (params instanceof DbError.InvalidInput) return params
   return { text: statement.text, params, changesSession: kind === "session change" }
@@ -781,8 +803,8 @@ export const streamStatement = (
   schemaOrOptions?: Schema.Top | StreamOptions,
   options?: StreamOptions
 ): Stream.Stream<unknown, DbError.DbError | DbError.RowDecodeError, unknown> => {
-  const prepared = prepare(statement)
-  if (prepared instanceof DbError.InvalidInput) return Stream.fail(prepared)
+  const prepared = prepare(statement, conn.readOnly)
+  if (isRefused(prepared)) return Stream.fail(prepared)
   const schema = Schema.isSchema(schemaOrOptions) ? schemaOrOptions : undefined
   const batchSize = (schema === undefined ? (schemaOrOptions as StreamOptions | undefined) : options)?.batchSize ?? 1000 // not a schema: the options
   return stream(conn, prepared, batchSize, schema === undefined ? undefined : decodeRows(schema, prepared.text))
@@ -800,8 +822,8 @@ export const tracedNow = <A, E, R>(target: Telemetry.Target, text: string, effec
 
 /** Runs a user statement on a held connection, optionally decoding its rows. */
 export const run = (conn: Conn, statement: Statement, schema?: Schema.Top): Effect.Effect<ReadonlyArray<unknown>, DbError.DbError | DbError.RowDecodeError, unknown> => {
-  const prepared = prepare(statement)
-  return prepared instanceof DbError.InvalidInput ? Effect.fail(prepared) : runPrepared(conn, prepared, schema)
+  const prepared = prepare(statement, conn.readOnly)
+  return isRefused(prepared) ? Effect.fail(prepared) : runPrepared(conn, prepared, schema)
 }
 
 const noParams: DriverParams = []

@@ -185,11 +185,11 @@ export interface RawResult {
   readonly columns: ReadonlyArray<{ readonly name: string; readonly type: number }>
 }
 
-const prepareUser = (text: string, params: ReadonlyArray<unknown>, operation: string) => {
+const prepareUser = (conn: Conn.Conn, text: string, params: ReadonlyArray<unknown>, operation: string) => {
   if (isTransactionControl(text)) return Effect.fail(toSqlError(refusedControl, operation))
   // The values are checked when the statement is prepared (an unsupported one is InvalidInput), as `sql` values are.
-  const prepared = Conn.prepare(Statement.text(text, params as ReadonlyArray<Statement.Value>))
-  return prepared instanceof DbError.InvalidInput ? Effect.fail(toSqlError(prepared, operation)) : Effect.succeed(prepared)
+  const prepared = Conn.prepare(Statement.text(text, params as ReadonlyArray<Statement.Value>), conn.readOnly)
+  return Conn.isRefused(prepared) ? Effect.fail(toSqlError(prepared, operation)) : Effect.succeed(prepared)
 }
 
 /** A pooled connection held exclusively for a scope (a transaction, `reserve`, a stream). */
@@ -197,10 +197,8 @@ export class HeldConnection implements SqlConnection.Connection {
   /** False once the scope has closed: the connection is back in the pool. */
   live = true
   readonly conn: Conn.Conn
-  readonly readOnly: boolean
-  constructor(conn: Conn.Conn, readOnly: boolean) {
+  constructor(conn: Conn.Conn) {
     this.conn = conn
-    this.readOnly = readOnly
   }
 
   /**
@@ -238,13 +236,13 @@ export class HeldConnection implements SqlConnection.Connection {
     if (!transactionStart.test(text)) return Effect.fail(toSqlError(notABegin, "begin"))
     const begin = Conn.beginWith(this.conn, text)
     // A read pool's transactions are read-only, whatever the statement asked for.
-    const readOnly = this.readOnly ? Effect.andThen(begin, Conn.execute(this.conn, "SET TRANSACTION READ ONLY", [])) : begin
+    const readOnly = this.conn.readOnly ? Effect.andThen(begin, Conn.execute(this.conn, "SET TRANSACTION READ ONLY", [])) : begin
     return Effect.as(mapError("begin")(readOnly), [])
   }
 
   /** A statement of the user's: transaction control is refused, as the pool refuses it. */
   private user(text: string, params: ReadonlyArray<unknown>, operation: string): Effect.Effect<ReadonlyArray<Row>, SqlError.SqlError> {
-    return Effect.flatMap(prepareUser(text, params, operation), (prepared) => {
+    return Effect.flatMap(prepareUser(this.conn, text, params, operation), (prepared) => {
       Conn.noteSessionChange(this.conn, prepared)
       return mapError(operation)(Effect.map(Conn.execute(this.conn, prepared.text, prepared.params, this.pipelined), Conn.plainRows))
     })
@@ -282,7 +280,7 @@ export class HeldConnection implements SqlConnection.Connection {
 
   executeRaw(sql: string, params: ReadonlyArray<unknown>): Effect.Effect<RawResult, SqlError.SqlError> {
     return this.guard(() =>
-      Effect.flatMap(prepareUser(sql, params, "executeRaw"), (prepared) => {
+      Effect.flatMap(prepareUser(this.conn, sql, params, "executeRaw"), (prepared) => {
         Conn.noteSessionChange(this.conn, prepared)
         return mapError("executeRaw")(
           Effect.map(Conn.execute(this.conn, prepared.text, prepared.params, this.pipelined), (result) => ({
@@ -298,7 +296,7 @@ export class HeldConnection implements SqlConnection.Connection {
 
   executeValues(sql: string, params: ReadonlyArray<unknown>): Effect.Effect<ReadonlyArray<ReadonlyArray<unknown>>, SqlError.SqlError> {
     return this.guard(() =>
-      Effect.flatMap(prepareUser(sql, params, "executeValues"), (prepared) => {
+      Effect.flatMap(prepareUser(this.conn, sql, params, "executeValues"), (prepared) => {
         Conn.noteSessionChange(this.conn, prepared)
         return mapError("executeValues")(Conn.executeValues(this.conn, prepared.text, prepared.params))
       })
@@ -316,7 +314,7 @@ export class HeldConnection implements SqlConnection.Connection {
   ): Stream.Stream<Row, SqlError.SqlError> {
     // Through a cursor on this held connection, a batch at a time (see Conn.stream).
     return Stream.unwrap(this.guard(() =>
-      Effect.map(prepareUser(sql, params, "executeStream"), (prepared) => {
+      Effect.map(prepareUser(this.conn, sql, params, "executeStream"), (prepared) => {
         Conn.noteSessionChange(this.conn, prepared)
         const rows = Stream.mapError(Conn.stream(this.conn, prepared, 1000, undefined), (e) => toSqlError(e, "executeStream"))
         // Rows of a result are plain objects (Conn.plainRows).
@@ -331,7 +329,7 @@ export class HeldConnection implements SqlConnection.Connection {
 const hold = (internals: Pool.Internals): Effect.Effect<HeldConnection, SqlError.SqlError, Scope.Scope> =>
   Effect.gen(function*() {
     const conn = yield* mapError("acquireConnection")(internals.lease)
-    const held = new HeldConnection(conn, internals.readOnly)
+    const held = new HeldConnection(conn)
     // Added after the lease's check-in, so it runs before it: nothing can start on a returned connection.
     yield* Effect.addFinalizer(() =>
       Effect.sync(() => {

@@ -37,10 +37,9 @@ export interface PoolImpl extends InteractionPool {
  * What the effect/sql bridge (effectSql.ts) needs of a pool beyond its public
  * interface: a connection held exclusively until a scope closes (then checked
  * in like any other: rolled back and reset first if its holder left a
- * transaction or session settings), and whether the pool is read-only.
+ * transaction or session settings). Whether the pool is read-only is its connections' `readOnly`.
  */
 export interface Internals {
-  readonly readOnly: boolean
   readonly server: string
   readonly lease: Effect.Effect<Conn.Conn, DbError.DbError, Scope.Scope>
 }
@@ -179,8 +178,8 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
 
     const run = (statement: Statement, schema?: Schema.Top) => {
       // Checked before a connection is acquired: a refused statement never holds one.
-      const prepared = Conn.prepare(statement)
-      if (prepared instanceof DbError.InvalidInput) return Effect.fail(prepared)
+      const prepared = Conn.prepare(statement, settings.readOnly)
+      if (Conn.isRefused(prepared)) return Effect.fail(prepared)
       return Effect.withFiber((fiber) => {
         // Traced, the statement's span covers its wait for a connection and its run.
         if (Telemetry.tracing(fiber)) return Conn.tracedNow(settings.target, prepared.text, runLeased(prepared, schema))
@@ -279,8 +278,8 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
 
     const stream = (statement: Statement, schemaOrOptions?: Schema.Top | StreamOptions, options?: StreamOptions) => {
       // Checked before a connection is acquired, as `run` does.
-      const prepared = Conn.prepare(statement)
-      if (prepared instanceof DbError.InvalidInput) return Stream.fail(prepared)
+      const prepared = Conn.prepare(statement, settings.readOnly)
+      if (Conn.isRefused(prepared)) return Stream.fail(prepared)
       return Telemetry.streamSpan(settings.target, prepared.text, operationOf(prepared.text), Stream.unwrap(Effect.gen(function*() {
         // Held for the stream's life; the cursor's own finalizer (inner scope) closes it before the check-in.
         const lease = yield* Effect.uninterruptibleMask((restore) =>
@@ -312,7 +311,6 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
       load: slots.load
     }
     internalsByPool.set(impl, {
-      readOnly: settings.readOnly,
       server: settings.server,
       lease: Effect.uninterruptibleMask((restore) =>
         Effect.flatMap(restore(slots.acquire("exclusive")), (lease) =>

@@ -305,7 +305,6 @@ export const make = (settings: Settings): Effect.Effect<InteractionPool, never, 
       stats
     }
     Pool.registerInternals(router, {
-      readOnly: true,
       server: entries.map((e) => e.server).join(", "),
       lease: Effect.flatMap(choose, ({ pool }) => {
         const internals = Pool.internals(pool)

@@ -129,6 +129,33 @@ interface Described {
   readonly kind: Kind
   /** The first keyword, upper-cased (`SELECT`, `WITH`, …): the span name and `db.operation.name`. */
   readonly operation: string
+  /** See {@link unlocksWrites}; the numbers of the parameters that name a `set_config` setting, if any. */
+  readonly unlocksWrites: boolean | ReadonlyArray<number>
+}
+
+const readOnlySetting = /transaction_read_only/i
+const setOrReset = /^(?:set|reset)\b/i
+const alterSystem = /^alter\s+system\b/i
+/** A `set_config(` call and what names its setting: a literal, a placeholder, or anything else. */
+const setConfigCall = /set_config\s*\(\s*(?:'((?:[^']|'')*)'|\$([0-9]+)|)/gi
+
+const unlocking = (word: string, text: string): boolean | ReadonlyArray<number> => {
+  // SET TRANSACTION READ WRITE, SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE, SET [LOCAL] [default_]transaction_read_only.
+  if (setOrReset.test(word) && (/\bread\s+write\b/i.test(text) || readOnlySetting.test(text))) return true
+  // Postgres runs ALTER SYSTEM in a read-only transaction, yet it writes the server's configuration.
+  if (alterSystem.test(word)) return true
+  const byParameter: Array<number> = []
+  for (const call of text.matchAll(setConfigCall)) {
+    const [, literal, placeholder] = call
+    if (literal !== undefined) {
+      if (readOnlySetting.test(literal)) return true
+    } else if (placeholder !== undefined) {
+      byParameter.push(Number(placeholder))
+    } else {
+      return true // the setting is an expression: it could be any
+    }
+  }
+  return byParameter.length === 0 ? false : byParameter
 }
 
 /** Statement texts repeat (they come from templates): each is read once. Bounded, and cleared when full. */
@@ -140,7 +167,8 @@ const describe = (text: string): Described => {
     const word = firstWordAt(text)
     d = {
       kind: transactionControl.test(word) ? "transaction control" : sessionSetting.test(word) ? "session change" : "plain",
-      operation: /^[a-z]+/i.exec(word)?.[0]?.toUpperCase() ?? "SQL"
+      operation: /^[a-z]+/i.exec(word)?.[0]?.toUpperCase() ?? "SQL",
+      unlocksWrites: unlocking(word, text)
     }
     if (text.length <= 4096) {
       if (described.size >= 2048) described.clear()
@@ -155,3 +183,21 @@ export const classify = (text: string): Kind => describe(text).kind
 
 /** The operation of a statement: its first keyword, upper-cased (`SELECT`, `WITH`, …); cached with its kind. */
 export const operationOf = (text: string): string => describe(text).operation
+
+/**
+ * Could this statement let a read-only connection write? Postgres lets a
+ * session turn its own read-only default off (`SET`, `set_config`) and a
+ * transaction turn itself read-write before its first query, and it runs
+ * `ALTER SYSTEM` in a read-only transaction; the read pool refuses these so
+ * that its connections stay read-only. A guard against mistakes, not a
+ * security boundary: a server function can still change the setting (a
+ * read-only role or a standby is one).
+ */
+export const unlocksWrites = (text: string, params: ReadonlyArray<unknown>): boolean => {
+  const how = describe(text).unlocksWrites
+  if (typeof how === "boolean") return how
+  return how.some((n) => {
+    const setting = params[n - 1]
+    return typeof setting !== "string" || readOnlySetting.test(setting)
+  })
+}
