@@ -45,15 +45,14 @@ const value = (pool: InteractionPool) =>
   Effect.map(pool.run(sql`SELECT v FROM replicas_test WHERE id = 1`), (rows) => Number(rows[0]?.["v"]))
 
 // excludeTestServices: the pools and the cluster wait on the real clock.
-layer(Cluster.layer({ replicas: 2 }), { timeout: 120_000, excludeTestServices: true })("ReadPool over replicas", (it) => {
+layer(Cluster.layer({ replicas: 2, sqlFile: "sql/replicas_test.sql" }), { timeout: 120_000, excludeTestServices: true })("ReadPool over replicas", (it) => {
   it.effect("spreads reads over both replicas, never the primary, and refuses writes", () =>
     Effect.gen(function*() {
       const cluster = yield* Cluster
       const [r1, r2] = cluster.replicas
       yield* Effect.gen(function*() {
         const write = yield* WritePool
-        yield* write.run(sql`CREATE TABLE replicas_test (id int PRIMARY KEY, v int NOT NULL)`)
-        yield* write.run(sql`INSERT INTO replicas_test VALUES (1, 0)`)
+        yield* write.run(sql`UPDATE replicas_test SET v = v`)
         yield* cluster.awaitReplay(r1!)
         yield* cluster.awaitReplay(r2!)
         const read = yield* ReadPool
@@ -163,6 +162,39 @@ layer(Cluster.layer({ replicas: 2 }), { timeout: 120_000, excludeTestServices: t
       )
       yield* cluster.awaitReplay(r1!)
       yield* cluster.awaitReplay(r2!)
+    }))
+
+  it.effect("read-your-writes under synchronous_commit = off: the token covers the commit, not only what was flushed", () =>
+    Effect.gen(function*() {
+      const cluster = yield* Cluster
+      yield* Effect.gen(function*() {
+        const read = yield* ReadPool
+        const write = yield* WritePool
+        const start = yield* value(write)
+        // An asynchronous commit returns before its WAL is written: the primary's write position is still before it.
+        for (let i = 1; i <= 10; i++) {
+          yield* write.run(sql`UPDATE replicas_test SET v = ${start + i} WHERE id = 1`)
+          const token = yield* ReadYourWrites.writeToken
+          assert.strictEqual(yield* value(read).pipe(ReadYourWrites.withToken(token)), start + i, `read ${i} with the token`)
+        }
+      }).pipe(Effect.provide(pools(cluster, { serverSettings: { synchronous_commit: "off" }, readYourWritesWait: "5 seconds" })))
+    }))
+
+  it.effect("read-your-writes: on an idle primary just past a WAL page header, the replicas that replayed everything serve", () =>
+    Effect.gen(function*() {
+      const cluster = yield* Cluster
+      const [r1, r2] = cluster.replicas
+      yield* Effect.gen(function*() {
+        const read = yield* ReadPool
+        const write = yield* WritePool
+        // After a segment switch the next record starts past the new segment's header; nothing is written after it.
+        yield* write.run(sql`SELECT pg_switch_wal()`)
+        yield* cluster.awaitReplay(r1!)
+        yield* cluster.awaitReplay(r2!)
+        const token = yield* ReadYourWrites.writeToken
+        const ports = cluster.replicas.map((r) => r.port)
+        assert.include(ports, yield* port(read).pipe(ReadYourWrites.withToken(token)), `token ${token.lsn}: read on a replica`)
+      }).pipe(Effect.provide(pools(cluster, { maxReplicaLag: "10 minutes", readYourWritesWait: "3 seconds" })))
     }))
 
   it.effect("read-your-writes: replicas whose connections are all held do not stretch the wait past readYourWritesWait", () =>

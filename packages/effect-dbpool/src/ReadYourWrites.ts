@@ -18,8 +18,10 @@ import * as Statement from "./Statement.ts"
 import { WritePool } from "./WritePool.ts"
 
 /**
- * A position in the primary's WAL (`pg_current_wal_lsn()`, e.g. `"0/3000148"`)
- * taken after a write committed.
+ * A position in the primary's WAL (where its inserted WAL ends, e.g.
+ * `"0/3000148"`) taken after a write committed: a replica that has replayed
+ * that far has the write, also when it was committed with
+ * `synchronous_commit = off`.
  *
  * @example
  * ```ts
@@ -60,8 +62,9 @@ export const CurrentToken = Context.Reference<ReadToken | undefined>("effect-dbp
 })
 
 /**
- * The primary's current WAL position, read on `pool` (a write pool): take it
- * after the write's transaction committed.
+ * The primary's current WAL position (how far WAL was inserted, so it covers
+ * asynchronous commits too), read on `pool` (a write pool): take it after the
+ * write's transaction committed.
  *
  * @example
  * ```ts
@@ -78,10 +81,22 @@ export const CurrentToken = Context.Reference<ReadToken | undefined>("effect-dbp
  * @since 0.1.0
  */
 export const tokenOf = (pool: InteractionPool): Effect.Effect<ReadToken, DbError> =>
-  Effect.map(
-    pool.run(Statement.text("SELECT pg_current_wal_lsn()::text AS lsn")),
-    (rows): ReadToken => ({ _tag: "ReadToken", lsn: String(rows[0]?.["lsn"]) })
-  )
+  Effect.map(pool.run(insertPosition), (rows): ReadToken => {
+    const row = rows[0]
+    const lsn = String(row?.["lsn"])
+    const insert = Lsn.toBigInt(lsn)
+    return {
+      _tag: "ReadToken",
+      lsn: insert === undefined ? lsn : Lsn.toText(Lsn.insertedUpTo(insert, BigInt(String(row?.["block"])), BigInt(String(row?.["segment"]))))
+    }
+  })
+
+// The insert position, not pg_current_wal_lsn(): that is how far the WAL was written, which an asynchronous commit
+// (synchronous_commit = off) returns before reaching.
+const insertPosition = Statement.text(
+  "SELECT pg_current_wal_insert_lsn()::text AS lsn, current_setting('wal_block_size') AS block, " +
+    "pg_size_bytes(current_setting('wal_segment_size'))::text AS segment"
+)
 
 /**
  * {@link tokenOf} the default `WritePool`.
