@@ -121,6 +121,30 @@ layer(Cluster.layer({ replicas: 2, sqlFile: "sql/replicas_test.sql" }), { timeou
       }).pipe(Effect.provide(pools(cluster, { maxReplicaLag: "300 millis" })))
     }))
 
+  it.effect("a replica whose connections are all held by long reads stays up (busy is not down)", () =>
+    Effect.gen(function*() {
+      const cluster = yield* Cluster
+      yield* Effect.gen(function*() {
+        const read = yield* ReadPool
+        // Its one connection held for longer than a probe may wait (1 s): each probe of it times out waiting.
+        const release = yield* Deferred.make<void>()
+        const started = yield* Deferred.make<number>()
+        const holder = yield* Effect.forkChild(read.interaction((conn) =>
+          Effect.andThen(Effect.flatMap(conn.run(sql`SELECT inet_server_port() AS port`), (rows) => Deferred.succeed(started, Number(rows[0]?.["port"]))), Deferred.await(release))
+        ))
+        const heldPort = yield* Deferred.await(started)
+        const held = cluster.replicas.findIndex((r) => r.port === heldPort)
+        const states = new Set<string>()
+        for (let i = 0; i < 30; i++) {
+          states.add((yield* replicaStats(read)).replicas[held]!.state)
+          yield* Effect.sleep("100 millis")
+        }
+        assert.deepStrictEqual([...states], ["up"], "the held replica's states over 3 s (probes every 100 ms, each waits up to 1 s)")
+        yield* Deferred.succeed(release, undefined)
+        yield* Fiber.join(holder)
+      }).pipe(Effect.provide(pools(cluster, { readMaxSize: 1, maxReplicaLag: "10 minutes" })))
+    }))
+
   it.effect("read-your-writes: a read with the write's token never sees an older value; without it, it does", () =>
     Effect.gen(function*() {
       const cluster = yield* Cluster

@@ -249,14 +249,23 @@ export const make = (settings: Settings): Effect.Effect<InteractionPool, never, 
     const samples: Array<{ readonly at: number; readonly lsn: bigint }> = []
     const checkMillis = Duration.toMillis(settings.checkInterval)
     const probeTimeout = Duration.millis(Math.max(1000, checkMillis))
+    /** A probe that could not get a connection: the replica keeps its state. */
+    const busy: ReadonlyArray<Record<string, unknown>> = []
 
     const probeOne = (e: Entry, behindOf: bigint | undefined) =>
       e.pool.run(replayQuery).pipe(
         Effect.timeoutOrElse({
           duration: probeTimeout,
-          orElse: () => Effect.fail(new DbError.ConnectFailed({ message: `no answer within ${Duration.toMillis(probeTimeout)} ms`, server: e.server }))
+          // Every connection held (long reads, transactions): the probe waited for one, the replica did not fail to
+          // answer. Busy is not down — setting it aside would send its reads to the others, or all to the primary.
+          orElse: () =>
+            Effect.flatMap(e.pool.stats, (s) =>
+              s.used >= s.max
+                ? Effect.succeed(busy)
+                : Effect.fail(new DbError.ConnectFailed({ message: `no answer within ${Duration.toMillis(probeTimeout)} ms`, server: e.server })))
         }),
         Effect.flatMap((rows) => {
+          if (rows === busy) return Effect.void
           const row = rows[0]
           if (row?.["recovery"] !== true) return setState(e, "down", "not a standby (promoted?)")
           const text = typeof row["lsn"] === "string" ? row["lsn"] : undefined
