@@ -715,6 +715,28 @@ describe("withTransaction", () => {
       assert.strictEqual(yield* count(t), 0) // the refused COMMIT failed the transaction, which rolled back
     }).pipe(Effect.provide(Live())))
 
+  it.live("on a reserved connection, an interrupted .values statement pipelined behind another is left to finish: no connection lost", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const pidOf = (rows: ReadonlyArray<unknown>) => (rows[0] as { pid?: number } | undefined)?.pid
+      const pid = yield* Effect.scoped(Effect.gen(function*() {
+        const conn = yield* sql.reserve
+        const running = yield* Effect.forkChild(conn.execute("SELECT pg_sleep(0.5), pg_backend_pid() AS pid", [], undefined))
+        yield* poll(h.sessions, (ss) => ss.some((s) => s.state === "active" && s.query.includes("pg_sleep(0.5)")))
+        const queued = yield* Effect.forkChild(conn.executeValues("SELECT 2 AS two", []))
+        yield* Effect.sleep("100 millis") // handed to the driver, pipelined behind the sleep
+        yield* Fiber.interrupt(queued)
+        const pid = pidOf(yield* Fiber.join(running))
+        // Answered in order: once this is, the left statement has finished (the check-in retires a connection
+        // with a statement still running on it).
+        yield* conn.execute("SELECT 1", [], undefined)
+        return pid
+      }))
+      // A cancel request for it would be sent once it starts and could miss it (it takes microseconds): the
+      // connection would then be in doubt and retired, so the next statement would get another backend.
+      assert.strictEqual(pidOf(yield* sql`SELECT pg_backend_pid() AS pid`), pid)
+    }).pipe(Effect.provide(Live({ maxSize: 1 }))))
+
   it.live("reserve holds one backend for the scope and refuses once the scope has closed", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient

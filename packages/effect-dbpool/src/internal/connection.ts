@@ -507,10 +507,11 @@ const identity = <A>(a: A): A => a
 export const executeValues = (
   conn: Conn,
   text: string,
-  params: DriverParams
+  params: DriverParams,
+  pipelined?: () => boolean
 ): Effect.Effect<Array<ReadonlyArray<unknown>>, DbError.DbError> =>
   Effect.callback<Array<ReadonlyArray<unknown>>, DbError.DbError>((resume) =>
-    send(conn, text, params, resume, valueRows, undefined, undefined, true)
+    send(conn, text, params, resume, valueRows, pipelined, undefined, true)
   )
 
 /** After `query.values()` the driver builds every row as an array; its typings do not say so, the guard does. */

@@ -298,7 +298,7 @@ export class HeldConnection implements SqlConnection.Connection {
     return this.guard(() =>
       Effect.flatMap(prepareUser(this.conn, sql, params, "executeValues"), (prepared) => {
         Conn.noteSessionChange(this.conn, prepared)
-        return mapError("executeValues")(Conn.executeValues(this.conn, prepared.text, prepared.params))
+        return mapError("executeValues")(Conn.executeValues(this.conn, prepared.text, prepared.params, this.pipelined))
       })
     )
   }
