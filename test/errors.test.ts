@@ -301,14 +301,24 @@ describe("statement errors", () => {
       assert.strictEqual((yield* pool.run(sql`SELECT ${"fine"}::text AS v`))[0]?.["v"], "fine")
     }).pipe(Effect.provide(h.pools({ maxSize: 1 }))))
 
-  it.live("an invalid Date is InvalidInput, refused before it reaches the server", () =>
+  it.live("an invalid Date, a Map or a function is InvalidInput, alone or at any depth of an array, refused before it reaches the server", () =>
     Effect.gen(function*() {
       const pool = yield* WritePool
       const error = yield* Effect.flip(pool.run(sql`SELECT ${new Date(Number.NaN)}::timestamptz`))
       assertTag(error, "InvalidInput")
       assertNoSecret(error)
       assert.include(error.message, "Date")
-    }).pipe(Effect.provide(h.pools())))
+      const t = yield* scratchTable("unsendable")
+      // Outside Statement.Value's types, as from untyped callers: an array element was stored as "[object Map]",
+      // a function's source, or sent as the text "invalid".
+      const elements: ReadonlyArray<unknown> = [[new Date(Number.NaN)], [new Map()], [["a", () => "secret"]]]
+      for (const value of elements) {
+        const refused = yield* Effect.flip(pool.run(sql`INSERT INTO ${t} VALUES (3, cardinality(${value as Statement.Value}::text[]))`))
+        assertTag(refused, "InvalidInput")
+        assert.match(refused.message, /cannot be sent/)
+      }
+      assert.deepStrictEqual(yield* h.observe(`SELECT id FROM ${t.text} ORDER BY id`), [{ id: 1 }, { id: 2 }])
+    }).pipe(Effect.scoped, Effect.provide(h.pools())))
 
   it.live("a wrong parameter count is a typed DatabaseError that leaves the connection usable", () =>
     Effect.gen(function*() {

@@ -253,7 +253,7 @@ export const sql: {
  * import { Statement } from "effect-dbpool"
  *
  * const compiled: Statement.Compilable = { compile: () => ["SELECT $1::int AS n", [1]] }
- * Statement.dryRun(compiled) // "SELECT 1::int AS n"
+ * Statement.dryRun(compiled) // "SELECT '1'::int AS n"
  * ```
  *
  * @since 0.1.0
@@ -264,9 +264,13 @@ export interface Compilable {
 
 /**
  * The SQL that would run, with every parameter inlined as a correctly quoted
- * Postgres literal. Needs no connection. Running the result returns the same
- * rows as running the statement. An `effect/sql` statement of an `EffectSql`
- * client is rendered the same way, from what it compiles to.
+ * Postgres literal of the type the bound parameter has (numbers and text
+ * untyped, as postgres.js sends them). Needs no connection. Running the result
+ * returns the same rows as running the statement. An `effect/sql` statement of
+ * an `EffectSql` client is rendered the same way, from what it compiles to.
+ * A value that cannot be sent (outside `Value`'s types: a `Map`, a function,
+ * an invalid `Date`, at any depth of an array) throws, as running the
+ * statement fails with `InvalidInput`.
  *
  * @example
  * ```ts
@@ -275,11 +279,11 @@ export interface Compilable {
  * import { sql, Statement } from "effect-dbpool"
  *
  * Statement.dryRun(sql`SELECT * FROM test_values WHERE id = ${123};`)
- * // "SELECT * FROM test_values WHERE id = 123;"
+ * // "SELECT * FROM test_values WHERE id = '123';"
  *
  * const shown = SqlClient.SqlClient.use((esql) =>
  *   Effect.succeed(Statement.dryRun(esql`SELECT * FROM test_values WHERE id IN ${esql.in([1, 2])}`))
- * ) // "SELECT * FROM test_values WHERE id IN (1,2)"
+ * ) // "SELECT * FROM test_values WHERE id IN ('1','2')"
  * ```
  *
  * @since 0.1.0

@@ -19,7 +19,7 @@ import type { Statement, Value } from "../Statement.ts"
 import { arrayTypesQuery, installArrayParsers } from "./arrays.ts"
 import * as Server from "./server.ts"
 import { fromDriver, isConnectionFailure, sqlStateClass } from "./errors.ts"
-import { arrayText, arrayTypeOid, isJsonObject, Json } from "./literal.ts"
+import { arrayText, arrayTypeOid, isJsonObject, Json, unsendable } from "./literal.ts"
 import * as Notify from "./notify.ts"
 import * as Telemetry from "./telemetry.ts"
 import { classify, operationOf, unlocksWrites } from "./sqlText.ts"
@@ -323,19 +323,14 @@ const jsonNull = { toJSON: () => null }
 
 /** A value the driver can send, or a reason why not. */
 const toDriverValue = (value: unknown): unknown => {
+  const refused = unsendable(value)
+  if (refused !== undefined) return refused
   if (value === undefined) return null
   // Json holds any JSON-encodable value; a JSON null must not become SQL NULL, so it is sent as an object serialising to null.
   if (value instanceof Json) return parameters.json((value.value === null ? jsonNull : value.value) as postgres.JSONValue)
-  if (value instanceof Date && Number.isNaN(value.getTime())) return new RangeError("an invalid Date cannot be sent")
   // Arrays are sent as array literals, typed like the dry run types them (the driver would name the element type).
   if (Array.isArray(value)) return parameters.typed(arrayText(value), arrayTypeOid(value))
   if (isJsonObject(value)) return parameters.json(value as postgres.JSONValue) // a plain object is JSON by definition of isJsonObject
-  const type = typeof value
-  if (type === "function" || type === "symbol") return new TypeError(`a ${type} cannot be sent as a parameter`)
-  // Any other object (a Map, a class instance) would be sent as "[object …]": refuse it rather than store that.
-  if (type === "object" && value !== null && !(value instanceof Date) && !(value instanceof Uint8Array)) {
-    return new TypeError(`a ${value.constructor?.name ?? "object"} cannot be sent as a parameter (use sql.json for JSON)`)
-  }
   return value
 }
 

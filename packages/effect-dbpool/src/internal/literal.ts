@@ -1,7 +1,8 @@
 /**
  * Postgres literals for dry runs. Each literal has the type the server would
  * give the bound parameter: values postgres.js sends untyped (text, numbers,
- * arrays of those) become untyped quoted literals or plain numbers, values it
+ * arrays of those) become untyped quoted literals — a number too, so `${1} ||
+ * ${2}` is `'12'` in both forms and `id = ${1.5}` fails in both —, values it
  * sends typed (bigint, boolean, Date, bytes, JSON) get the same type here.
  */
 
@@ -41,14 +42,6 @@ const isPlainObject = (u: unknown): u is object =>
 
 export const isJsonObject = isPlainObject
 
-const numberText = (n: number): string => {
-  if (Number.isNaN(n)) return "'NaN'"
-  if (n === Infinity) return "'Infinity'"
-  if (n === -Infinity) return "'-Infinity'"
-  // Parentheses keep `1-${-1}` from turning into a `--` comment.
-  return n < 0 || Object.is(n, -0) ? `(${String(n)})` : String(n)
-}
-
 const hex = (bytes: Uint8Array): string => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("hex")
 
 /** The element of a Postgres array literal, e.g. `"a b"` or `NULL`. */
@@ -57,7 +50,7 @@ const arrayElement = (u: unknown): string => {
   if (Array.isArray(u)) return `{${u.map(arrayElement).join(",")}}`
   if (typeof u === "number" || typeof u === "bigint" || typeof u === "boolean") return String(u)
   const text = u instanceof Date
-    ? (Number.isNaN(u.getTime()) ? "invalid" : u.toISOString())
+    ? u.toISOString()
     : u instanceof Uint8Array
     ? `\\x${hex(u)}`
     : isPlainObject(u) || u instanceof Json
@@ -114,20 +107,59 @@ const arrayCast = (u: ReadonlyArray<unknown>): string => {
   return oid === undefined ? "" : `::${arrayTypeNames[oid]}`
 }
 
-/** Renders one parameter value as the literal the server would read it as. */
+/**
+ * Why a value cannot be sent as a parameter, if it cannot: a function, a
+ * symbol, an invalid Date, or an object that is neither JSON, bytes nor a
+ * Date (a Map, a class instance would be stored as `"[object …]"`) — at any
+ * depth of an array. `sql.json` of a value with no JSON text (`undefined`).
+ */
+export const unsendable = (u: unknown): Error | undefined => {
+  if (u === null || u === undefined) return undefined
+  switch (typeof u) {
+    case "string":
+    case "number":
+    case "bigint":
+    case "boolean":
+      return undefined
+    case "function":
+    case "symbol":
+      return new TypeError(`a ${typeof u} cannot be sent as a parameter`)
+  }
+  if (u instanceof Date) return Number.isNaN(u.getTime()) ? new RangeError("an invalid Date cannot be sent") : undefined
+  if (u instanceof Uint8Array || isPlainObject(u)) return undefined
+  if (u instanceof Json) {
+    return u.value === undefined || typeof u.value === "function" || typeof u.value === "symbol"
+      ? new TypeError("sql.json of a value without a JSON text (undefined, a function) cannot be sent")
+      : undefined
+  }
+  if (Array.isArray(u)) {
+    for (const element of u) {
+      const refused = unsendable(element)
+      if (refused !== undefined) return refused
+    }
+    return undefined
+  }
+  // typeof "object", not null: it has a constructor unless made with Object.create(null), which isPlainObject took.
+  return new TypeError(`a ${(u as object).constructor?.name ?? "object"} cannot be sent as a parameter (use sql.json for JSON)`)
+}
+
+/** Renders one parameter value as the literal the server would read it as; throws what {@link unsendable} says. */
 export const literal = (u: unknown): string => {
+  const refused = unsendable(u)
+  if (refused !== undefined) throw refused
   if (u === null || u === undefined) return "NULL"
   switch (typeof u) {
     case "string":
       return quoteString(u)
     case "number":
-      return numberText(u)
+      // postgres.js sends a number untyped, as this text: the server infers its type from the context.
+      return quoteString(String(u))
     case "bigint":
       return `'${u.toString()}'::int8`
     case "boolean":
       return u ? "TRUE" : "FALSE"
   }
-  if (u instanceof Date) return `${quoteString(Number.isNaN(u.getTime()) ? "invalid" : u.toISOString())}::timestamptz`
+  if (u instanceof Date) return `${quoteString(u.toISOString())}::timestamptz`
   if (u instanceof Uint8Array) return `${quoteString(`\\x${hex(u)}`)}::bytea`
   if (u instanceof Json) return `${quoteString(JSON.stringify(u.value))}::jsonb`
   if (Array.isArray(u)) return `${quoteString(arrayText(u))}${arrayCast(u)}`

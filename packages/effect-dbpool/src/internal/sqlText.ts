@@ -7,6 +7,9 @@
 
 const isIdentChar = (c: string | undefined): boolean => c !== undefined && /[A-Za-z0-9_$\u0080-\uffff]/.test(c)
 
+/** A dollar quote's delimiter: its tag follows the rules of an unquoted identifier (any non-ASCII letter, any length), without `$`. */
+const dollarTag = /\$(?:[A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$/y
+
 /** Calls `f` for every `$n` placeholder and splices in what it returns. */
 export const mapPlaceholders = (text: string, f: (n: number) => string): string => {
   let out = ""
@@ -35,8 +38,8 @@ export const mapPlaceholders = (text: string, f: (n: number) => string): string 
       while (i !== -1 && text[i + 1] === "\"") i = text.indexOf("\"", i + 2)
       i = i === -1 ? len : i + 1
     } else if (c === "-" && text[i + 1] === "-") {
-      const eol = text.indexOf("\n", i)
-      i = eol === -1 ? len : eol + 1
+      // Postgres ends a line comment at \n or \r.
+      while (i < len && text[i] !== "\n" && text[i] !== "\r") i++
     } else if (c === "/" && text[i + 1] === "*") {
       let depth = 1
       i += 2
@@ -59,7 +62,8 @@ export const mapPlaceholders = (text: string, f: (n: number) => string): string 
         copied = i
         continue
       }
-      const tag = /^\$([A-Za-z_][A-Za-z0-9_]*)?\$/.exec(text.slice(i, i + 64))
+      dollarTag.lastIndex = i
+      const tag = dollarTag.exec(text)
       if (tag !== null) {
         const end = text.indexOf(tag[0], i + tag[0].length)
         i = end === -1 ? len : end + tag[0].length
