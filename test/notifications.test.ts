@@ -518,6 +518,12 @@ describe("typed payloads", () => {
       yield* write.interaction((conn) => conn.notify(ch, { id: 8, count: 1.5 }, Counted))
       assert.deepStrictEqual((yield* typed.notification()).payload, { id: 8, count: 1.5 })
       assert.deepStrictEqual(JSON.parse((yield* raw.notification()).payload), { id: 8, count: "1.5" })
+      // A value whose encoding has no JSON text is refused typed, not a defect, and nothing is sent.
+      for (const [schema, value] of [[Schema.Undefined, undefined], [Schema.UndefinedOr(Schema.Number), undefined]] as const) {
+        const refused = yield* failure(n.notify(ch, value, schema))
+        assert.strictEqual(refused._tag, "InvalidInput")
+      }
+      yield* raw.nothing("200 millis")
     }).pipe(Effect.scoped, Effect.provide(h.pools())))
 
   it.live("a trigger's pg_notify decodes with a Schema", () =>
@@ -985,11 +991,46 @@ describe("channel names", () => {
       yield* write.run(sql`SELECT 1 FROM test_values LIMIT 1`)
     }).pipe(Effect.scoped, Effect.provide(h.pools())))
 
+  it.live("a channel the server refuses to LISTEN fails its own subscribers only; the listening connection and the others carry on", () =>
+    Effect.gen(function*() {
+      // A LATIN1 database has no emoji: LISTEN on such a name fails on the server (22P05), not the connection.
+      const db = `dbpool_latin1_${process.pid}`
+      yield* Effect.acquireRelease(
+        h.observe(`CREATE DATABASE ${db} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0`),
+        () => h.observe(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`)
+      )
+      const url = new URL(Redacted.value(databaseUrl))
+      url.pathname = `/${db}`
+      yield* Effect.gen(function*() {
+        const n = yield* Notifications.Notifications
+        const refused = "emoji 🚀"
+        // The pool's first subscriber: the listener connects, then LISTENs it.
+        const first = yield* read(n.listen(refused))
+        const atConnect = yield* first.failure("10 seconds")
+        assert.strictEqual(atConnect._tag, "InvalidInput")
+        const good = yield* read(n.listen(channel("good")))
+        yield* good.subscribed(false)
+        const pid = yield* n.listenerPid
+        // Subscribed while connected.
+        const second = yield* read(n.listen(refused))
+        const whileConnected = yield* second.failure()
+        assert.strictEqual(whileConnected._tag, "InvalidInput")
+        assert.include(whileConnected.message, "22P05")
+        const stats = yield* n.stats
+        assert.strictEqual(stats.reconnects, 0)
+        assert.strictEqual(stats.subscribers, 1)
+        assert.strictEqual(yield* n.listenerPid, pid)
+        yield* n.notify(stats.channels[0]!, "after")
+        assert.strictEqual((yield* good.notification()).payload, "after")
+      }).pipe(Effect.scoped, Effect.provide(h.pools({ url: Redacted.make(url.toString()) })))
+    }).pipe(Effect.scoped))
+
   it.live("names of more than 63 bytes, empty names and NUL fail with InvalidInput", () =>
     Effect.gen(function*() {
       const n = yield* Notifications.Notifications
       const write = yield* WritePool
-      for (const name of ["", "a".repeat(64), "é".repeat(32), "nul\u0000byte"]) {
+      // Lone surrogates are sent as U+FFFD: "\uD800" and "\uFFFD" would be one channel on the server, two here.
+      for (const name of ["", "a".repeat(64), "é".repeat(32), "nul\u0000byte", "\uD800", "a\uDC00b"]) {
         const r = yield* read(n.listen(name))
         const e = yield* r.failure()
         assert.strictEqual(e._tag, "InvalidInput", JSON.stringify(name))
@@ -1038,6 +1079,35 @@ describe("slow subscribers", () => {
       yield* n.notify(ch, "after")
       assert.strictEqual((yield* slow.notification()).payload, "after")
     }).pipe(Effect.scoped, Effect.provide(h.pools({ listenHealthCheckInterval: "500 millis" }))))
+
+  it.live("a reconnect while the first Subscribed is unread keeps it first; only a notification makes room, counted as dropped", () =>
+    Effect.gen(function*() {
+      const n = yield* Notifications.Notifications
+      const ch = channel("unread_subscribed")
+      const slow = yield* read(n.listen(ch, { bufferSize: 3 }))
+      const delivered = (yield* n.stats).delivered
+      yield* eventually(Effect.flatMap(n.stats, (s) => check(() => assert.deepStrictEqual(s.channels, [ch]))))
+      yield* n.notify(ch, "m1")
+      yield* n.notify(ch, "m2")
+      // Subscribed, m1 and m2 fill the buffer; nothing has been read.
+      yield* eventually(Effect.flatMap(n.stats, (s) => check(() => assert.strictEqual(s.delivered, delivered + 2))))
+      yield* h.observe("SELECT pg_terminate_backend($1)", [yield* listenerPid])
+      yield* eventually(Effect.flatMap(n.stats, (s) => check(() => assert.isTrue(s.connected && s.reconnects === 1))), "10 seconds")
+      assert.deepStrictEqual(yield* slow.next(), { _tag: "Subscribed", channel: ch, resubscribed: false })
+      assert.strictEqual((yield* slow.notification()).payload, "m2")
+      yield* slow.subscribed(true)
+      assert.strictEqual((yield* n.stats).dropped, 1)
+    }).pipe(Effect.scoped, Effect.provide(h.pools({ listenHealthCheckInterval: "500 millis" }))))
+
+  it.live("a bufferSize that is not a whole number of at least 1 is InvalidInput", () =>
+    Effect.gen(function*() {
+      const n = yield* Notifications.Notifications
+      for (const bufferSize of [0, -1, 1.5, Number.NaN]) {
+        const r = yield* read(n.listen(channel("buffer"), { bufferSize }))
+        assert.strictEqual((yield* r.failure())._tag, "InvalidInput", String(bufferSize))
+      }
+      assert.deepStrictEqual((yield* n.stats).channels, [])
+    }).pipe(Effect.scoped, Effect.provide(h.pools())))
 
   it.live("a slow subscriber drops its own overflow and holds up no one", () => {
     const warnings: Array<Readonly<Record<string, unknown>>> = []

@@ -101,6 +101,7 @@ export interface ListenOptions {
    * subscriber's buffer is full, new notifications for it are dropped — the
    * other subscribers are never held up — and each drop is counted
    * (`stats.dropped`) and logged as a warning by the subscriber's stream.
+   * A whole number of at least 1; anything else fails the stream with `InvalidInput`.
    */
   readonly bufferSize?: number | undefined
   /**

@@ -49,17 +49,26 @@ export interface Listener {
 /** The largest channel name Postgres keeps (NAMEDATALEN - 1 bytes); LISTEN would silently truncate a longer one. */
 export const maxChannelBytes = 63
 
+/** A UTF-16 surrogate without its pair: sent as U+FFFD, so two names would be one channel on the server. */
+const loneSurrogate = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/
+
 export const validateChannel = (channel: string): Effect.Effect<void, DbError.InvalidInput> => {
   const bytes = Buffer.byteLength(channel, "utf8")
-  if (channel.length === 0 || bytes > maxChannelBytes || channel.includes("\u0000")) {
+  if (channel.length === 0 || bytes > maxChannelBytes || channel.includes("\u0000") || loneSurrogate.test(channel)) {
     return Effect.fail(
       new DbError.InvalidInput({
-        message: `a channel name must be 1 to ${maxChannelBytes} bytes without NUL (got ${bytes} bytes)`
+        message: `a channel name must be 1 to ${maxChannelBytes} bytes of well-formed text without NUL (got ${bytes} bytes)`
       })
     )
   }
   return Effect.void
 }
+
+/** The server answered a LISTEN with an error (e.g. a name its encoding cannot hold): the channel is the problem, not the connection. */
+const refusedByServer = (cause: unknown): cause is pg.DatabaseError => cause instanceof pg.DatabaseError && cause.severity === "ERROR"
+
+const refusedChannel = (channel: string, cause: pg.DatabaseError) =>
+  new DbError.InvalidInput({ message: `the server refused to LISTEN on ${JSON.stringify(channel)}: ${cause.message} (SQLSTATE ${cause.code})` })
 
 const queryTimeoutMillis = 5000
 
@@ -160,23 +169,48 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
 
     /**
      * A `Subscribed` event is never dropped, even for a slow subscriber whose buffer is full: after a
-     * reconnect it is the cue to resync. The oldest buffered notification makes room (counted as dropped).
+     * reconnect it is the cue to resync. The oldest buffered notification makes room (counted as dropped);
+     * an earlier `Subscribed` stays, so the stream still starts with one. Only a buffer of nothing but
+     * `Subscribed` events gives up its oldest.
      */
     const offerSubscribed = (subscriber: Subscriber, event: ListenEvent<string>) => {
-      if (Queue.offerUnsafe(subscriber.queue, event)) return
-      const evicted = Queue.takeUnsafe(subscriber.queue)
-      if (evicted !== undefined && evicted._tag === "Success") {
+      const queue = subscriber.queue
+      if (Queue.offerUnsafe(queue, event)) return
+      const kept: Array<ListenEvent<string>> = []
+      let evicted = false
+      for (let n = Queue.sizeUnsafe(queue); n > 0; n--) {
+        const taken = Queue.takeUnsafe(queue)
+        if (taken === undefined || taken._tag !== "Success") break
+        if (!evicted && taken.value._tag === "Notification") evicted = true
+        else kept.push(taken.value)
+      }
+      if (evicted) {
         subscriber.dropped++
         counters.dropped++
+      } else {
+        kept.shift()
       }
-      Queue.offerUnsafe(subscriber.queue, event)
+      Queue.offerAllUnsafe(queue, kept)
+      Queue.offerUnsafe(queue, event)
+    }
+
+    /** Ends a channel the server refused: its subscribers fail with the reason, the others are not touched. */
+    const refuse = (channel: string, cause: pg.DatabaseError) => {
+      const error = refusedChannel(channel, cause)
+      const subscribers = channels.get(channel) ?? []
+      // Removed before the queues fail: failing one resumes its reader at once, which may read the stats.
+      channels.delete(channel)
+      for (const subscriber of subscribers) Queue.failCauseUnsafe(subscriber.queue, Cause.fail(error))
+      return error
     }
 
     const failAll = (error: DbError.ListenError) => {
-      for (const subscribers of channels.values()) {
+      const all = [...channels.values()]
+      // Cleared first, as in `refuse`.
+      channels.clear()
+      for (const subscribers of all) {
         for (const subscriber of subscribers) Queue.failCauseUnsafe(subscriber.queue, Cause.fail(error))
       }
-      channels.clear()
     }
 
     const candidates = Server.hostUrls(Redacted.value(settings.url))
@@ -255,7 +289,13 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
         Effect.timeoutOrElse({ duration: queryTimeoutMillis, orElse: () => Effect.fail(new Error("pg_backend_pid() timed out")) })
       )
       yield* lock.withPermits(1)(Effect.gen(function*() {
-        for (const channel of channels.keys()) yield* query(c, `LISTEN ${quoteIdentifier(channel)}`)
+        for (const channel of [...channels.keys()]) {
+          const listened = yield* Effect.result(query(c, `LISTEN ${quoteIdentifier(channel)}`))
+          if (listened._tag === "Failure") {
+            if (!refusedByServer(listened.failure)) return yield* Effect.fail(listened.failure)
+            refuse(channel, listened.failure)
+          }
+        }
         listened.clear()
         for (const channel of channels.keys()) listened.add(channel)
         client = c
@@ -365,12 +405,13 @@ export const make = (settings: ListenerSettings): Effect.Effect<Listener, never,
           channels.set(channel, subscribers)
         }
         subscribers.add(subscriber)
-        if (client !== undefined && !listened.has(channel)) {
-          // If this fails the connection is going: the next session LISTENs and sends Subscribed.
-          const ok = yield* Effect.result(query(client, `LISTEN ${quoteIdentifier(channel)}`))
+        const c = client
+        if (c !== undefined && !listened.has(channel)) {
+          const ok = yield* Effect.result(query(c, `LISTEN ${quoteIdentifier(channel)}`))
           if (ok._tag === "Success") listened.add(channel)
-          // A LISTEN that failed on a live connection: reconnect, which LISTENs every channel and sends Subscribed.
-          else void client.end().catch(() => {})
+          else if (refusedByServer(ok.failure)) return yield* refuse(channel, ok.failure)
+          // Otherwise the connection is going: reconnecting LISTENs every channel and sends Subscribed.
+          else void c.end().catch(() => {})
         }
         if (client !== undefined && listened.has(channel)) {
           offerSubscribed(subscriber, { _tag: "Subscribed", channel, resubscribed: false })

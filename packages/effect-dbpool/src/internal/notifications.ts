@@ -15,15 +15,20 @@ const rawStream = (listener: Listener, channel: string, options: ListenOptions |
   Stream.suspend(() => {
     let subscriber: Subscriber | undefined
     let reported = 0
+    const bufferSize = options?.bufferSize ?? 1024
     return Stream.callback<ListenEvent<string>, DbError.ListenError>(
       (queue) =>
         Effect.gen(function*() {
           yield* validateChannel(channel)
+          if (bufferSize < 1 || !Number.isInteger(bufferSize)) {
+            return yield* new DbError.InvalidInput({ message: `bufferSize must be a whole number of at least 1 (got ${bufferSize})` })
+          }
           const s: Subscriber = { queue, session: 0, dropped: 0 }
           subscriber = s
           yield* Effect.acquireRelease(listener.subscribe(channel, s), () => listener.unsubscribe(channel, s))
         }),
-      { bufferSize: options?.bufferSize ?? 1024, strategy: "dropping" }
+      // An invalid size fails the stream above; the callback's own queue must still be made.
+      { bufferSize: bufferSize >= 1 && Number.isInteger(bufferSize) ? bufferSize : 1, strategy: "dropping" }
     ).pipe(
       // Checked once per chunk pulled, not per notification: drops are noticed as soon as the subscriber reads.
       Stream.mapArrayEffect((events) => {

@@ -19,7 +19,12 @@ export const encodePayload = <S extends Schema.Top>(
   Schema.encodeUnknownEffect(schema)(value).pipe(
     Effect.flatMap((encoded) =>
       Effect.try({
-        try: () => JSON.stringify(encoded),
+        try: () => {
+          const text: string | undefined = JSON.stringify(encoded)
+          // undefined, a function: JSON.stringify returns undefined rather than throwing.
+          if (text === undefined) throw new TypeError("its encoded value has no JSON text")
+          return text
+        },
         catch: (e) => e
       })
     ),
