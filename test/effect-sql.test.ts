@@ -237,7 +237,7 @@ describe("values", () => {
       const text = Statement.dryRun(statement)
       assert.strictEqual(
         text,
-        `SELECT id, val1 FROM "test_values" WHERE ("id" IN (1,2,3) AND val1 >= (-1) AND 'it''s' <> 'x') ORDER BY id`
+        `SELECT id, val1 FROM "test_values" WHERE ("id" IN ('1','2','3') AND val1 >= '-1' AND 'it''s' <> 'x') ORDER BY id`
       )
       const bound = yield* statement
       const inlined = yield* sql.unsafe<{ id: number; val1: number }>(text)

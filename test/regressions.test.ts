@@ -758,6 +758,13 @@ describe("cancel requests", () => {
   /** Waits until the server runs a statement of this file's pools whose text includes `text`. */
   const running = (text: string) =>
     eventually(`"${text}" running`, h.sessions, (ss) => ss.some((s) => s.state === "active" && s.query.includes(text)))
+  /** The statement is inside pg_sleep (past parsing and planning, inside any exception block around it). */
+  const inSleep = (text: string) =>
+    eventually(
+      `"${text}" sleeping`,
+      h.observe<{ n: number }>("SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND strpos(query, $1) > 0", [text]),
+      (rows) => rows[0]?.n === 1
+    )
 
   it.live("fault 11: a connection in doubt stays in doubt: a later cancel that lands does not make it reusable", () =>
     withPools({ maxSize: 1 }, Effect.gen(function*() {
@@ -770,7 +777,8 @@ describe("cancel requests", () => {
           const swallowing = yield* Effect.forkChild(
             conn.run(sql`DO $$ BEGIN PERFORM pg_sleep(0.5); EXCEPTION WHEN query_canceled THEN NULL; END $$`)
           )
-          yield* running("pg_sleep(0.5)")
+          // Sleeping, not merely active: a cancel landing before the block is entered would prove itself (57014).
+          yield* inSleep("pg_sleep(0.5)")
           yield* Fiber.interrupt(swallowing)
           // This one's cancel lands, which proves nothing about the earlier one.
           const sleeping = yield* Effect.forkChild(conn.run(sql`SELECT pg_sleep(5)`))
