@@ -454,5 +454,13 @@ describe("connection and pool errors", () => {
       assertTag(refused, "ConnectFailed")
       assertNoSecret(refused)
       assert.strictEqual(refused.server, `${url.hostname}:1/postgres`)
+
+      // An "@" left unencoded in the password: the URL parser (and the driver) take the userinfo up to the last "@".
+      const secret = `Secret${suffix}`
+      const atInPassword = Redacted.make(`postgres://postgres:wrong@${secret}@${url.host}/postgres`)
+      const atAuth = yield* Effect.flip(selectOne.pipe(Effect.provide(h.pools({ url: atInPassword }))))
+      assertTag(atAuth, "ConnectFailed")
+      assertNoSecret(atAuth, [secret])
+      assert.strictEqual(atAuth.server, `${url.hostname}:${url.port}/postgres`)
     }))
 })

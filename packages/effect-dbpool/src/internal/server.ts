@@ -18,7 +18,9 @@ export interface Server {
   readonly database: string
 }
 
-const shape = /^postgres(?:ql)?:\/\/(?:[^@/?#]*@)?([^/?#]*)(?:\/([^?#]*))?/i
+// The userinfo runs to the last "@" before the path, as the URL parser (and the driver) read it: a password with an
+// unencoded "@" must not show up as part of the host.
+const shape = /^postgres(?:ql)?:\/\/(?:[^/?#]*@)?([^/?#]*)(?:\/([^?#]*))?/i
 
 const hostOf = (part: string): Host | undefined => {
   // [v6]:port, host:port, or a bare host.
@@ -62,7 +64,7 @@ export const describe = (url: string): string => {
  * parameter comes back as it is.
  */
 export const hostUrls = (url: string): ReadonlyArray<string> => {
-  const m = /^([a-z]+:\/\/)([^@/?#]*@)?([^/?#]*)(.*)$/i.exec(url)
+  const m = /^([a-z]+:\/\/)([^/?#]*@)?([^/?#]*)(.*)$/i.exec(url) // userinfo to the last "@", as `shape`
   if (m === null) return [url]
   const rest = m[4]!.replace(/([?&])target_session_attrs=[^&#]*&?/i, "$1").replace(/[?&](?=#|$)/, "")
   if (!m[3]!.includes(",") && rest === m[4]) return [url]
