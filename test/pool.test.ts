@@ -5,7 +5,7 @@
  * failures.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { ConfigProvider, Context, Deferred, Effect, Exit, Fiber, Layer, Option, Redacted, References, Scope } from "effect"
+import { ConfigProvider, Context, Deferred, type Duration, Effect, Exit, Fiber, Layer, Option, Redacted, References, Scope } from "effect"
 import { DbPool, ReadPool, sql, WritePool } from "effect-dbpool"
 import type { DbError, InteractionPool } from "effect-dbpool"
 import * as Net from "node:net"
@@ -701,6 +701,40 @@ describe("configuration from the environment", () => {
       const malformed = yield* Effect.flip(Layer.build(fromEnv({ DATABASE_URL: Redacted.value(databaseUrl), DATABASE_POOL_MAX: "many" })))
       assert.strictEqual(malformed._tag, "ConfigError")
     }))
+
+  it.live("settings no pool can have fail the Layer with InvalidInput naming them, before anything connects", () =>
+    Effect.gen(function*() {
+      const invalid: ReadonlyArray<readonly [string, Partial<DbPool.Config>]> = [
+        // Every connection born expired: a storm of connects (91 backends in 3 s) and a Layer that never built.
+        ["maxLifetime", { maxLifetime: 0 }],
+        ["maxLifetime", { maxLifetime: Number.NaN }],
+        // NaN compared false with every size: no upper bound at all.
+        ["maxSize", { maxSize: Number.NaN }],
+        ["maxSize", { maxSize: 0 }],
+        ["maxSize", { maxSize: 1.5 }],
+        ["minSize", { minSize: -2 }],
+        ["minSize", { minSize: 5, maxSize: 2 }],
+        ["readMinSize", { readMinSize: 3, maxSize: 2 }],
+        ["idleTimeout", { idleTimeout: -1 }],
+        // -5 s became statement_timeout 0: no timeout at all.
+        ["statementTimeout", { statementTimeout: "-5 seconds" }],
+        ["acquireTimeout", { acquireTimeout: 0 }],
+        // Untyped callers: a defect before.
+        ["acquireTimeout", { acquireTimeout: "abc" as Duration.Input }],
+        ["pipelining.maxDepth", { pipelining: { maxDepth: 0 } }]
+      ]
+      for (const [name, config] of invalid) {
+        const error = yield* Effect.flip(Layer.build(h.pools({ ...config, minSize: config.minSize ?? 1 })))
+        assert.strictEqual(error._tag, "InvalidInput", name)
+        assert.include(error.message, name)
+      }
+      const env = yield* Effect.flip(Layer.build(fromEnv({ DATABASE_URL: Redacted.value(databaseUrl), DATABASE_POOL_MAX: "-1" })))
+      assert.strictEqual(env._tag, "InvalidInput")
+      assert.strictEqual(yield* sessionCount, 0, "nothing connected")
+      // What stays valid: a minimum alone raises the default maximum; a zero statement timeout is the server's "none".
+      const write = yield* Layer.build(h.pools({ minSize: 12, maxSize: undefined, statementTimeout: 0 })).pipe(Effect.map(Context.get(WritePool)))
+      assert.strictEqual((yield* write.stats).max, 12)
+    }).pipe(Effect.scoped))
 })
 
 // ---------------------------------------------------------------------------

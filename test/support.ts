@@ -14,7 +14,7 @@ export interface Harness {
   /** The application_name of every pool connection this file opens. */
   readonly appName: string
   /** Pools on the test server; defaults suited to tests, overridable. */
-  readonly pools: (config?: Partial<DbPool.Config>) => Layer.Layer<WritePool | ReadPool | Notifications.Notifications, DbError.ConnectFailed>
+  readonly pools: (config?: Partial<DbPool.Config>) => Layer.Layer<WritePool | ReadPool | Notifications.Notifications, DbError.ConnectFailed | DbError.InvalidInput>
   /** A connection outside the pool, for observing the server. */
   readonly observer: postgres.Sql
   /** Backends of this file's pools as the server sees them. */

@@ -98,7 +98,7 @@ export const pools = (
   options: ConnectionOptions,
   onServer: (server: string) => Effect.Effect<void> = () => Effect.void,
   sizes: PoolSizes = defaultPoolSizes
-): Layer.Layer<WritePool | ReadPool | Notifications.Notifications, ConnectionSetupError | DbError.ConnectFailed> =>
+): Layer.Layer<WritePool | ReadPool | Notifications.Notifications, ConnectionSetupError | DbError.ConnectFailed | DbError.InvalidInput> =>
   Layer.unwrap(Effect.gen(function*() {
     const url = yield* serverUrl(options)
     yield* onServer(describeUrl(url))

@@ -379,8 +379,61 @@ const readReplicas = (config: Config, name: string, w: InteractionPool, r: Inter
     })
   })
 
+type DurationRule = "above zero" | "zero or more"
+
+/** Why a configuration cannot make pools, if it cannot: checked before anything connects. */
+const invalid = (config: Config): string | undefined => {
+  const counts: ReadonlyArray<readonly [string, number | undefined, number]> = [
+    ["minSize", config.minSize, 0],
+    ["maxSize", config.maxSize, 1],
+    ["readMinSize", config.readMinSize, 0],
+    ["readMaxSize", config.readMaxSize, 1],
+    ["pipelining.maxDepth", config.pipelining === false ? undefined : config.pipelining?.maxDepth, 1],
+    ["pipelining.fillDepth", config.pipelining === false ? undefined : config.pipelining?.fillDepth, 0]
+  ]
+  for (const [name, value, least] of counts) {
+    if (value !== undefined && !(Number.isInteger(value) && value >= least)) return `${name} must be a whole number of at least ${least} (got ${value})`
+  }
+  // A minimum alone raises the default maximum; both given, they must agree.
+  if (config.minSize !== undefined && config.maxSize !== undefined && config.minSize > config.maxSize) {
+    return `minSize (${config.minSize}) is above maxSize (${config.maxSize})`
+  }
+  const readMax = config.readMaxSize ?? config.maxSize
+  if (config.readMinSize !== undefined && readMax !== undefined && config.readMinSize > readMax) {
+    return `readMinSize (${config.readMinSize}) is above the read pool's maximum (${readMax})`
+  }
+  const durations: ReadonlyArray<readonly [string, Duration.Input | undefined, DurationRule]> = [
+    ["acquireTimeout", config.acquireTimeout, "above zero"],
+    ["connectTimeout", config.connectTimeout, "above zero"],
+    ["idleTimeout", config.idleTimeout, "above zero"],
+    ["maxLifetime", config.maxLifetime, "above zero"],
+    // 0 is the server's own "no timeout".
+    ["statementTimeout", config.statementTimeout, "zero or more"],
+    ["lockTimeout", config.lockTimeout, "zero or more"],
+    ["idleInTransactionSessionTimeout", config.idleInTransactionSessionTimeout, "zero or more"],
+    ["maxReplicaLag", config.maxReplicaLag, "above zero"],
+    ["readYourWritesWait", config.readYourWritesWait, "zero or more"],
+    ["replicaCheckInterval", config.replicaCheckInterval, "above zero"],
+    ["listenHealthCheckInterval", config.listenHealthCheckInterval, "above zero"],
+    ["pipelining.fastWithin", config.pipelining === false ? undefined : config.pipelining?.fastWithin, "above zero"],
+    ["pipelining.stallAfter", config.pipelining === false ? undefined : config.pipelining?.stallAfter, "above zero"]
+  ]
+  for (const [name, value, rule] of durations) {
+    if (value === undefined) continue
+    const shown = typeof value === "string" || typeof value === "number" ? ` (got ${value})` : ""
+    // Duration reads a NaN number as zero: refused here rather than becoming "no time at all".
+    const duration = typeof value === "number" && Number.isNaN(value) ? Option.none() : Duration.fromInput(value)
+    if (Option.isNone(duration)) return `${name} is not a duration${shown}`
+    const millis = Duration.toMillis(duration.value)
+    if (Number.isNaN(millis) || millis < 0 || (rule === "above zero" && millis === 0)) return `${name} must be ${rule}${shown}`
+  }
+  return undefined
+}
+
 const build = <W, R, N>(name: string, keys: Keys<W, R, N>, given: Config) =>
   Effect.gen(function*() {
+    const why = invalid(given)
+    if (why !== undefined) return yield* new DbError.InvalidInput({ message: `${name} pools: ${why}` })
     const hasReplicas = given.readUrls !== undefined && given.readUrls.length > 0
     // With readUrls the read-only pool on the primary is the fallback: readUrl is not used.
     const config: Config = hasReplicas ? { ...given, readUrl: undefined } : given
@@ -487,7 +540,7 @@ const fromEnv = (prefix: string): C.Config<Config> => {
  *
  * @since 0.1.0
  */
-export const layer = (config: Config): Layer.Layer<WritePool | ReadPool | Notifications, DbError.ConnectFailed> =>
+export const layer = (config: Config): Layer.Layer<WritePool | ReadPool | Notifications, DbError.ConnectFailed | DbError.InvalidInput> =>
   Layer.effectContext(build("default", defaultKeys, config))
 
 /**
@@ -502,7 +555,7 @@ export const layer = (config: Config): Layer.Layer<WritePool | ReadPool | Notifi
  *
  * @since 0.1.0
  */
-export const layerConfig = (): Layer.Layer<WritePool | ReadPool | Notifications, C.ConfigError | DbError.ConnectFailed> =>
+export const layerConfig = (): Layer.Layer<WritePool | ReadPool | Notifications, C.ConfigError | DbError.ConnectFailed | DbError.InvalidInput> =>
   Layer.effectContext(Effect.flatMap(fromEnv(""), (config) => build("default", defaultKeys, config)))
 
 /**
@@ -525,11 +578,13 @@ export interface NamedPools<Name extends string> {
   readonly Read: Context.Service<NamedReadPool<Name>, InteractionPool>
   readonly Notifications: Context.Service<NamedNotifications<Name>, NotificationsService>
   /** The pair from settings. */
-  readonly layer: (config: Config) => Layer.Layer<NamedWritePool<Name> | NamedReadPool<Name> | NamedNotifications<Name>, DbError.ConnectFailed>
+  readonly layer: (
+    config: Config
+  ) => Layer.Layer<NamedWritePool<Name> | NamedReadPool<Name> | NamedNotifications<Name>, DbError.ConnectFailed | DbError.InvalidInput>
   /** The pair from the environment, every variable prefixed with the upper-cased name: `ANALYTICS_DATABASE_URL`, … */
   readonly layerConfig: () => Layer.Layer<
     NamedWritePool<Name> | NamedReadPool<Name> | NamedNotifications<Name>,
-    C.ConfigError | DbError.ConnectFailed
+    C.ConfigError | DbError.ConnectFailed | DbError.InvalidInput
   >
 }
 
