@@ -139,8 +139,95 @@ describe("dbpool query", () => {
     expect(JSON.parse(run.stdout)).toEqual([{ n: 42 }])
   })
 
+  it("output formats keep values apart: NULL from '', a line break from a backslash and n; bytea and NaN in JSON", async () => {
+    const csvRun = await withUrl("query", "SELECT NULL::text AS a, ''::text AS b, 'x'::text AS c", "--csv")
+    expect(csvRun.code).toBe(0)
+    expect(csvRun.stdout).toBe('a,b,c\n,"",x\n')
+    const jsonRun = await withUrl("query", "SELECT '\\xdeadbeef'::bytea AS b, 'NaN'::float8 AS n, '-Infinity'::float8 AS i", "--json")
+    expect(jsonRun.code).toBe(0)
+    expect(JSON.parse(jsonRun.stdout)).toEqual([{ b: "\\xdeadbeef", n: "NaN", i: "-Infinity" }])
+    const tableRun = await withUrl("query", "SELECT E'l1\\nl2' AS a, 'l1\\nl2' AS b, E'x\\ty' AS c")
+    expect(tableRun.code).toBe(0)
+    expect(tableRun.stdout.split("\n")[2]?.split("|").map((c) => c.trim())).toEqual(["l1\\nl2", "l1\\\\nl2", "x\\ty"])
+  })
+
+  it("prints a table of 150,000 rows", async () => {
+    const run = await withUrl("query", "SELECT g FROM generate_series(1, 150000) AS g")
+    expect(run.stderr).toBe("")
+    expect(run.code).toBe(0)
+    expect(run.stdout.trimEnd().split("\n").at(-1)).toBe("(150000 rows)")
+  })
+
+  it("stops quietly, exit code 0, when its reader stops reading (| head)", async () => {
+    const run = await new Promise<Run>((resolve, reject) => {
+      const child = spawn(node, [...nodeFlags, main, "query", "SELECT g FROM generate_series(1, 100000) AS g", "--url", url], {
+        cwd: root,
+        stdio: ["ignore", "pipe", "pipe"],
+        timeout: 90_000,
+        killSignal: "SIGKILL"
+      })
+      let stderr = ""
+      child.stdout.once("data", () => child.stdout.destroy())
+      child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()))
+      child.on("error", reject)
+      child.on("close", (code) => resolve({ code, stdout: "", stderr }))
+    })
+    expect(run.stderr).toBe("")
+    expect(run.code).toBe(0)
+  })
+
+  it("SIGTERM ends a running query: the statement is gone from the server, exit code 143", async () => {
+    const name = `${appName}-term`
+    const child = spawn(node, [...nodeFlags, main, "query", "SELECT pg_sleep(60)", "--url", url, "--application-name", name], {
+      cwd: root,
+      stdio: ["ignore", "pipe", "pipe"],
+      timeout: 90_000,
+      killSignal: "SIGKILL"
+    })
+    const closed = new Promise<number | null>((resolve) => child.on("close", resolve))
+    expect(await until(() => cliSessions(name), (s) => s.some((x) => x.query.includes("pg_sleep(60)")))).not.toEqual([])
+    child.kill("SIGTERM")
+    expect(await closed).toBe(143)
+    expect(await until(() => cliSessions(name), (s) => s.length === 0)).toEqual([])
+  })
+
+  it("a password with an unencoded '/' and '@' shows no part of itself", async () => {
+    const u = new URL(url)
+    const run = await dbpool(["query", "SELECT 1", "--url", `postgres://app:Tr0ub4dor@3/horse@${u.host}/postgres`])
+    for (const text of [run.stdout, run.stderr]) {
+      expect(text).not.toContain("horse")
+      expect(text).not.toContain("Tr0ub4dor")
+    }
+  })
+
   it("leaves no session behind", async () => {
     expect(await until(() => cliSessions(), (s) => s.length === 0)).toEqual([])
+  })
+})
+
+describe("dbpool listen (piped)", () => {
+  it("--payload json prints JSON payloads and skips others with a warning on stderr; Ctrl-C exits 0", async () => {
+    const channel = `cli_listen_json_${process.pid}`
+    const child = spawn(node, [...nodeFlags, main, "listen", channel, "--payload", "json", "--url", url], {
+      cwd: root,
+      stdio: ["ignore", "pipe", "pipe"],
+      timeout: 90_000,
+      killSignal: "SIGKILL"
+    })
+    let stdout = ""
+    let stderr = ""
+    child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()))
+    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()))
+    const closed = new Promise<number | null>((resolve) => child.on("close", resolve))
+    await until(() => stdout, (o) => o.includes("listening"))
+    for (const payload of ['{"a":1}', "not json", '"str"']) await observer`SELECT pg_notify(${channel}, ${payload})`
+    await until(() => stdout, (o) => o.includes('"str"'))
+    child.kill("SIGINT")
+    expect(await closed).toBe(0)
+    outputs.push(stdout, stderr)
+    const printed = stdout.split("\n").filter((line) => line.includes(" pid=")).map((line) => line.split(" ").slice(3).join(" "))
+    expect(printed).toEqual(['{"a":1}', '"str"'])
+    expect(stderr).toContain("undecodable payload skipped")
   })
 })
 
@@ -174,6 +261,12 @@ const rowOf = (text: string, ...leading: ReadonlyArray<string>): Array<string> |
     .find((cells) => cells.length > leading.length && leading.every((cell, i) => cells[i] === cell))
 
 describe("dbpool stats", () => {
+  it("--listen with a name that cannot be a channel fails, exit code 1", async () => {
+    const run = await withUrl("stats", "--listen", "c".repeat(64))
+    expect(run.code).toBe(1)
+    expect(run.stderr).toContain("InvalidInput")
+  })
+
   it("prints its pools' and listener's figures and the server's sessions, its own among them", async () => {
     const channel = `cli_stats_${process.pid}`
     const [settings] = await observer`SELECT current_setting('max_connections') AS max_connections`

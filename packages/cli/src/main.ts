@@ -13,7 +13,7 @@
  * Connection: --url, DATABASE_URL, or --embedded [--schema file.sql].
  */
 import { NodeRuntime, NodeServices } from "@effect/platform-node"
-import { Cause, Effect, Exit } from "effect"
+import { Cause, Effect, Exit, Logger } from "effect"
 import { CliError, Command } from "effect/cli"
 import { bench } from "./commands/bench.ts"
 import { dryRun } from "./commands/dryRun.ts"
@@ -44,13 +44,28 @@ const program = Command.run(dbpool, { version: "0.1.0" }).pipe(
     const error = Cause.squash(cause)
     return CliError.isCliError(error) ? Effect.void : stderr(errorLine(error))
   }),
+  // Diagnostics (a reconnect, a skipped payload) go to stderr: stdout carries the command's output alone.
+  Effect.provide(Logger.layer([Logger.withConsoleError(Logger.formatSimple)])),
   Effect.provide(NodeServices.layer)
 )
+
+// Output piped into a reader that stopped (`dbpool query … | head -1`): done, not a crash.
+process.stdout.on("error", (error: NodeJS.ErrnoException) => {
+  if (error.code !== "EPIPE") process.stderr.write(`error: stdout: ${error.message}\n`)
+  process.exit(error.code === "EPIPE" ? 0 : 1)
+})
+
+// The runtime interrupts on SIGINT and SIGTERM alike; the exit code tells them apart (128 + the signal's number).
+let terminated = false
+process.once("SIGTERM", () => {
+  terminated = true
+})
 
 NodeRuntime.runMain(program, {
   disableErrorReporting: true,
   teardown: (exit, onExit) => {
     if (Exit.isSuccess(exit)) return onExit(0)
-    return onExit(Cause.hasInterruptsOnly(exit.cause) ? interruptExit.code : 1)
+    if (!Cause.hasInterruptsOnly(exit.cause)) return onExit(1)
+    return onExit(interruptExit.code === 130 && terminated ? 143 : interruptExit.code)
   }
 })

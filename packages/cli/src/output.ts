@@ -12,9 +12,19 @@ const cellText = (value: unknown): string => {
   return String(value)
 }
 
-/** JSON cannot hold a bigint: it is written as a string, as Postgres' own json does for int8 beyond 2^53. */
-export const jsonReplacer = (_key: string, value: unknown): unknown =>
-  typeof value === "bigint" ? value.toString() : value instanceof Uint8Array ? `\\x${Buffer.from(value).toString("hex")}` : value
+/**
+ * JSON cannot hold a bigint (written as a string, as Postgres' own json does for int8 beyond 2^53), NaN or the
+ * infinities (as Postgres spells them); bytes are `\\x` hex, as Postgres prints bytea. A Buffer's own toJSON runs
+ * before a replacer sees the value, so bytes are read from the holder.
+ */
+export function jsonReplacer(this: unknown, key: string, value: unknown): unknown {
+  // JSON.stringify calls a replacer with the object or array holding the value as `this`.
+  const raw = typeof this === "object" && this !== null ? (this as Record<string, unknown>)[key] : value
+  if (raw instanceof Uint8Array) return `\\x${Buffer.from(raw).toString("hex")}`
+  if (typeof value === "bigint") return value.toString()
+  if (typeof value === "number" && !Number.isFinite(value)) return String(value)
+  return value
+}
 
 const columnsOf = (rows: ReadonlyArray<Readonly<Record<string, unknown>>>): ReadonlyArray<string> => {
   const columns: Array<string> = []
@@ -30,6 +40,9 @@ const columnsOf = (rows: ReadonlyArray<Readonly<Record<string, unknown>>>): Read
   return columns
 }
 
+const escapes: Record<string, string> = { "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t" }
+const escapeCell = (text: string): string => text.replace(/[\\\n\r\t]/g, (c) => escapes[c]!)
+
 /** An aligned table, psql style, with a row count at the end unless `rowCount: false`. */
 export const table = (
   rows: ReadonlyArray<Readonly<Record<string, unknown>>>,
@@ -38,8 +51,14 @@ export const table = (
   const columns = columnsOf(rows)
   const count = `(${rows.length} ${rows.length === 1 ? "row" : "rows"})`
   if (columns.length === 0) return options.rowCount === false ? "(none)" : count
-  const cells = rows.map((row) => columns.map((c) => cellText(row[c]).replace(/\n/g, "\\n")))
-  const widths = columns.map((c, i) => Math.max(c.length, ...cells.map((r) => r[i]!.length)))
+  // Escaped so that a cell stays on its line and "a\\nb" (backslash, n) differs from a line break.
+  const cells = rows.map((row) => columns.map((c) => escapeCell(cellText(row[c]))))
+  // A loop, not Math.max(...cells): spreading 130,000 rows overflows the stack.
+  const widths = columns.map((c, i) => {
+    let width = c.length
+    for (const r of cells) width = Math.max(width, r[i]!.length)
+    return width
+  })
   const numeric = columns.map((c) => rows.length > 0 && rows.every((r) => typeof r[c] === "number" || typeof r[c] === "bigint" || r[c] === null))
   const line = (values: ReadonlyArray<string>, alignRight: boolean) =>
     values.map((v, i) => alignRight && numeric[i] ? v.padStart(widths[i]!) : v.padEnd(widths[i]!)).join(" | ").trimEnd()
@@ -56,11 +75,18 @@ export const json = (rows: ReadonlyArray<unknown>): string => JSON.stringify(row
 
 const csvField = (text: string): string => /[",\r\n]/.test(text) || text !== text.trim() ? `"${text.replace(/"/g, '""')}"` : text
 
-/** RFC 4180 CSV with a header line; NULL is an empty field. */
+/** A CSV field as COPY … CSV writes it: NULL is an empty field, an empty string a quoted one (`""`). */
+const csvValue = (value: unknown): string => {
+  if (value === null || value === undefined) return ""
+  const text = cellText(value)
+  return text === "" ? '""' : csvField(text)
+}
+
+/** RFC 4180 CSV with a header line; NULL is an empty field, an empty string `""`. */
 export const csv = (rows: ReadonlyArray<Readonly<Record<string, unknown>>>): string => {
   const columns = columnsOf(rows)
   if (columns.length === 0) return ""
-  return [columns.map(csvField).join(","), ...rows.map((row) => columns.map((c) => csvField(cellText(row[c]))).join(","))]
+  return [columns.map(csvField).join(","), ...rows.map((row) => columns.map((c) => csvValue(row[c])).join(","))]
     .join("\n")
 }
 

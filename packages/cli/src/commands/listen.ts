@@ -21,7 +21,8 @@ export const listen = Command.make("listen", {
     const notifications = yield* Notifications.Notifications
     const streams = options.channels.map((channel) =>
       options.payload === "json"
-        ? notifications.listen(channel, Schema.fromJsonString(Schema.Unknown), { onDecodeError: "skip" }).pipe(
+        // The library parses a payload's JSON before the schema sees it: any JSON value is a valid payload here.
+        ? notifications.listen(channel, Schema.Unknown, { onDecodeError: "skip" }).pipe(
           Stream.map((event) => event._tag === "Notification" ? { ...event, payload: JSON.stringify(event.payload) } : event)
         )
         : notifications.listen(channel)

@@ -1,6 +1,6 @@
 import { Deferred, Duration, Effect, Layer, Stream } from "effect"
 import { Command, Flag } from "effect/cli"
-import { type InteractionPool, Notifications, ReadPool, Statement, WritePool } from "effect-dbpool"
+import { type DbError, type InteractionPool, Notifications, ReadPool, Statement, WritePool } from "effect-dbpool"
 import { connectionFlags, pools } from "../connection.ts"
 import { durationFlag, formatMillis } from "../duration.ts"
 import { errorLine, table } from "../output.ts"
@@ -152,10 +152,11 @@ export const stats = Command.make("stats", {
     // its LISTEN is in place, so that a single look shows the channels listened to.
     const subscribed = yield* Effect.forEach(options.listen, (channel) =>
       Effect.gen(function*() {
-        const listening = yield* Deferred.make<void>()
+        const listening = yield* Deferred.make<void, DbError.ListenError>()
         yield* notifications.listen(channel).pipe(
           Stream.runForEach((event) => event._tag === "Subscribed" ? Deferred.succeed(listening, undefined) : Effect.void),
-          Effect.ignore,
+          // A channel that cannot be listened on (a bad name) fails the command instead of being left out silently.
+          Effect.catch((error) => Deferred.fail(listening, error)),
           Effect.forkScoped
         )
         return listening
@@ -175,13 +176,15 @@ export const stats = Command.make("stats", {
     }
     const draw = yield* screen(process.stdout)
     let refresh = 0
-    return yield* Effect.forever(
+    const redraw = Effect.forever(
       Effect.gen(function*() {
         refresh++
         yield* draw(yield* frame(header(refresh), sessionRowLimit))
         yield* Effect.sleep(options.interval)
       })
     )
+    // Watching, a channel that cannot be listened on ends the command too.
+    return yield* Effect.raceFirst(redraw, Effect.andThen(Effect.forEach(subscribed, Deferred.await, { discard: true }), Effect.never))
   }).pipe(
     Effect.scoped,
     Effect.provide(Layer.fresh(pools(options, (s) => Effect.sync(() => void (server = s)))))

@@ -40,6 +40,8 @@ export const parse = (url: string): Server | undefined => {
     if (host === undefined) return undefined
     hosts.push(host)
   }
+  // An "@" in the path is a password with an unencoded "/" before its own "@": what follows may be part of it.
+  if (m[2]?.includes("@") === true) return undefined
   let database = "postgres"
   try {
     database = decodeURIComponent(m[2] ?? "") || "postgres"
