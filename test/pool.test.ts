@@ -329,6 +329,33 @@ describe("dead and dirty connections", () => {
       yield* noUncaught
     }).pipe(Effect.provide(h.pools({ minSize: 2, maxSize: 2, readMinSize: 0 }))))
 
+  it.live("minSize connections whose backends were terminated are replaced at once, and stats stop counting them", () =>
+    Effect.gen(function*() {
+      const pool = yield* WritePool
+      yield* eventually("the minSize connections", pool.stats, (s) => s.idle === 3)
+      const before = (yield* h.sessions).map((s) => s.pid)
+      yield* h.observe("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", [h.appName])
+      // Maintenance runs every 30 s here (idleTimeout 10 minutes): without a use, the pool must notice by itself.
+      const after = yield* eventually("three new backends", h.sessions, (ss) => ss.length === 3 && ss.every((s) => !before.includes(s.pid)), 5000)
+      assert.strictEqual(after.length, 3)
+      // A backend shows in pg_stat_activity a moment before the pool has its connection.
+      assert.deepStrictEqual(yield* eventually("three idle", Effect.map(pool.stats, (s) => [s.idle, s.used]), ([i]) => i === 3), [3, 0])
+    }).pipe(Effect.provide(h.pools({ minSize: 3, maxSize: 4, readMinSize: 0 }))))
+
+  it.live("releasing the Layer while a statement runs ends it on the server, not only the socket", () =>
+    Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
+      const pool = Context.get(yield* Layer.buildWithScope(h.pools(), scope), WritePool)
+      // Forked outside the pool's scope: closing the pool does not interrupt it, it closes the connection under it.
+      const sleeper = yield* Effect.forkDetach(pool.run(sql`SELECT pg_sleep(30)`))
+      yield* eventually("the statement running", h.sessions, (ss) => ss.some((s) => s.state === "active" && s.query.includes("pg_sleep(30)")))
+      yield* Scope.close(scope, Exit.void)
+      yield* eventually("no backend left", sessionCount, (n) => n === 0, 3000)
+      const exit = yield* Fiber.await(sleeper)
+      assert.isTrue(Exit.isFailure(exit))
+    }))
+
   it.live("transaction control through run is refused with InvalidInput; the connection stays outside a transaction", () =>
     Effect.gen(function*() {
       const pool = yield* WritePool

@@ -87,6 +87,8 @@ export class Conn {
   readonly expiresAt: number
   /** A read pool's connection: statements that would make it writable are refused (see {@link prepare}). */
   readonly readOnly: boolean
+  /** Told once, when the connection dies (its socket closed, a connection error): the pool retires it if idle. */
+  onDead: (() => void) | undefined = undefined
   constructor(sql: postgres.Sql, server: string, expiresAt: number, readOnly: boolean) {
     this.sql = sql
     this.server = server
@@ -96,7 +98,9 @@ export class Conn {
 }
 
 const markDead = (conn: Conn): void => {
+  if (conn.wire === "dead") return
   conn.wire = "dead"
+  conn.onDead?.()
 }
 
 /**
@@ -301,12 +305,27 @@ export const open = (options: ConnectOptions): Effect.Effect<Conn, DbError.DbErr
     })
   )
 
-/** Ends the driver instance; a connection that will not end gracefully within a second is destroyed. */
+/**
+ * Ends the driver instance; a connection that will not end gracefully within a second is destroyed. A statement
+ * still running gets a cancel request first: the server does not notice a closed socket while a statement runs, and
+ * would run it (holding its locks) to the end. The connection is marked dead before, so that its caller gets
+ * `ConnectionLost` (the pool closed it), not the cancel's error.
+ */
 export const close = (conn: Conn): Effect.Effect<void> =>
-  Effect.promise(() => conn.sql.end({ timeout: conn.wire === "ready" ? 1 : 0 }).catch(() => undefined)).pipe(
-    Effect.timeout(3000),
-    Effect.ignore
-  )
+  Effect.suspend(() => {
+    if (conn.wire !== "dead") {
+      const running = [...conn.inflight].filter((query) => query.state !== undefined && query.state !== null)
+      if (running.length > 0) {
+        markDead(conn)
+        // postgres.js sends it on a connection of its own, while this one is still open (after, it would not).
+        for (const query of running) query.cancel()
+      }
+    }
+    return Effect.promise(() => conn.sql.end({ timeout: conn.wire === "ready" ? 1 : 0 }).catch(() => undefined)).pipe(
+      Effect.timeout(3000),
+      Effect.ignore
+    )
+  })
 
 // ---------------------------------------------------------------------------
 // parameters: checked and converted before a connection is acquired

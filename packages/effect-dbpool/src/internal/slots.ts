@@ -362,10 +362,26 @@ export const make = (
           }
           const slot = new Slot(exit.value, scope)
           slots.add(slot)
+          // Not inside the driver's callback that reports the death: after it, as the pool's own transition.
+          slot.conn.onDead = () => queueMicrotask(() => retireDeadIdle(slot))
           toIdle(slot, clock.currentTimeMillisUnsafe())
           settle()
         })
       )
+
+    /**
+     * An idle connection that died (its backend terminated, the server restarted) leaves at once and minSize is
+     * kept, rather than at the next maintenance (up to 30 s) or when a caller meets it. A held one is retired when it
+     * comes back.
+     */
+    const retireDeadIdle = (slot: Slot) => {
+      if (slot.state !== "idle" || closed) return
+      const i = idle.indexOf(slot)
+      if (i !== -1) idle.splice(i, 1)
+      toClosing(slot, "dead")
+      topUp()
+      settle()
+    }
 
     const startOpening = (owner: Waiter | undefined) => {
       opening++
