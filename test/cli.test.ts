@@ -34,26 +34,30 @@ interface Run {
   readonly stderr: string
 }
 
-const dbpool = (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv = {}): Promise<Run> =>
-  new Promise((resolve, reject) => {
-    const child = spawn(node, [...nodeFlags, main, ...args], {
-      cwd: root,
-      env: { ...process.env, DATABASE_URL: "", ...env },
-      stdio: ["ignore", "pipe", "pipe"],
-      // A run that hangs is killed (and its test fails on the exit code) rather than outliving the test run.
-      timeout: 90_000,
-      killSignal: "SIGKILL"
-    })
-    let stdout = ""
-    let stderr = ""
-    child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()))
-    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()))
+/** Starts the CLI: its output so far (`out`), and its exit code and whole output once it has ended (`closed`). */
+const start = (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv = {}) => {
+  const child = spawn(node, [...nodeFlags, main, ...args], {
+    cwd: root,
+    env: { ...process.env, DATABASE_URL: "", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+    // A run that hangs is killed (and its test fails on the exit code) rather than outliving the test run.
+    timeout: 90_000,
+    killSignal: "SIGKILL"
+  })
+  const out = { stdout: "", stderr: "" }
+  child.stdout.on("data", (chunk: Buffer) => (out.stdout += chunk.toString()))
+  child.stderr.on("data", (chunk: Buffer) => (out.stderr += chunk.toString()))
+  const closed = new Promise<Run>((resolve, reject) => {
     child.on("error", reject)
     child.on("close", (code) => {
-      outputs.push(stdout, stderr)
-      resolve({ code, stdout, stderr })
+      outputs.push(out.stdout, out.stderr)
+      resolve({ code, ...out })
     })
   })
+  return { child, out, closed }
+}
+
+const dbpool = (args: ReadonlyArray<string>, env: NodeJS.ProcessEnv = {}): Promise<Run> => start(args, env).closed
 
 const withUrl = (...args: ReadonlyArray<string>) => dbpool([...args, "--url", url, "--application-name", appName])
 
@@ -159,35 +163,19 @@ describe("dbpool query", () => {
   })
 
   it("stops quietly, exit code 0, when its reader stops reading (| head)", async () => {
-    const run = await new Promise<Run>((resolve, reject) => {
-      const child = spawn(node, [...nodeFlags, main, "query", "SELECT g FROM generate_series(1, 100000) AS g", "--url", url], {
-        cwd: root,
-        stdio: ["ignore", "pipe", "pipe"],
-        timeout: 90_000,
-        killSignal: "SIGKILL"
-      })
-      let stderr = ""
-      child.stdout.once("data", () => child.stdout.destroy())
-      child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()))
-      child.on("error", reject)
-      child.on("close", (code) => resolve({ code, stdout: "", stderr }))
-    })
+    const { child, closed } = start(["query", "SELECT g FROM generate_series(1, 100000) AS g", "--url", url])
+    child.stdout.once("data", () => child.stdout.destroy())
+    const run = await closed
     expect(run.stderr).toBe("")
     expect(run.code).toBe(0)
   })
 
   it("SIGTERM ends a running query: the statement is gone from the server, exit code 143", async () => {
     const name = `${appName}-term`
-    const child = spawn(node, [...nodeFlags, main, "query", "SELECT pg_sleep(60)", "--url", url, "--application-name", name], {
-      cwd: root,
-      stdio: ["ignore", "pipe", "pipe"],
-      timeout: 90_000,
-      killSignal: "SIGKILL"
-    })
-    const closed = new Promise<number | null>((resolve) => child.on("close", resolve))
+    const { child, closed } = start(["query", "SELECT pg_sleep(60)", "--url", url, "--application-name", name])
     expect(await until(() => cliSessions(name), (s) => s.some((x) => x.query.includes("pg_sleep(60)")))).not.toEqual([])
     child.kill("SIGTERM")
-    expect(await closed).toBe(143)
+    expect((await closed).code).toBe(143)
     expect(await until(() => cliSessions(name), (s) => s.length === 0)).toEqual([])
   })
 
@@ -208,23 +196,13 @@ describe("dbpool query", () => {
 describe("dbpool listen (piped)", () => {
   it("--payload json prints JSON payloads and skips others with a warning on stderr; Ctrl-C exits 0", async () => {
     const channel = `cli_listen_json_${process.pid}`
-    const child = spawn(node, [...nodeFlags, main, "listen", channel, "--payload", "json", "--url", url], {
-      cwd: root,
-      stdio: ["ignore", "pipe", "pipe"],
-      timeout: 90_000,
-      killSignal: "SIGKILL"
-    })
-    let stdout = ""
-    let stderr = ""
-    child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()))
-    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()))
-    const closed = new Promise<number | null>((resolve) => child.on("close", resolve))
-    await until(() => stdout, (o) => o.includes("listening"))
+    const { child, out, closed } = start(["listen", channel, "--payload", "json", "--url", url])
+    await until(() => out.stdout, (o) => o.includes("listening"))
     for (const payload of ['{"a":1}', "not json", '"str"']) await observer`SELECT pg_notify(${channel}, ${payload})`
-    await until(() => stdout, (o) => o.includes('"str"'))
+    await until(() => out.stdout, (o) => o.includes('"str"'))
     child.kill("SIGINT")
-    expect(await closed).toBe(0)
-    outputs.push(stdout, stderr)
+    const { code, stdout, stderr } = await closed
+    expect(code).toBe(0)
     const printed = stdout.split("\n").filter((line) => line.includes(" pid=")).map((line) => line.split(" ").slice(3).join(" "))
     expect(printed).toEqual(['{"a":1}', '"str"'])
     expect(stderr).toContain("undecodable payload skipped")
