@@ -21,6 +21,24 @@ const throughProxy = (port: number) => {
 const proxyToServer = Effect.suspend(() => Proxy.make(Number(new URL(Redacted.value(databaseUrl)).port)))
 
 describe("faults", () => {
+  it.live("releasing the Layer under a running statement while the server refuses new connections: no unhandled rejection", () =>
+    Effect.gen(function*() {
+      const proxy = yield* proxyToServer
+      const scope = yield* Scope.make()
+      yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
+      const pools = DbPool.layer({ url: throughProxy(proxy.port), maxSize: 1, applicationName: h.appName })
+      const pool = Context.get(yield* Layer.buildWithScope(pools, scope), WritePool)
+      const sleeper = yield* Effect.forkDetach(pool.run(sql`SELECT pg_sleep(5)`))
+      yield* Effect.repeat(h.sessions, { until: (ss) => ss.some((s) => s.state === "active" && s.query.includes("pg_sleep(5)")) })
+      // The cancel request the release sends for the running statement cannot connect.
+      proxy.refuseNew()
+      yield* Scope.close(scope, Exit.void)
+      assert.strictEqual((yield* Fiber.await(sleeper))._tag, "Failure")
+      // A rejected cancel request surfaces (if unhandled) on a later turn of the event loop.
+      yield* Effect.sleep("300 millis")
+      assert.deepStrictEqual(unhandled, [])
+    }))
+
   it.live("an interruption storm leaves nothing running on the server and the pool whole", () =>
     Effect.gen(function*() {
       const pool = yield* WritePool

@@ -20,6 +20,8 @@ export interface Proxy {
   latencyMs: number
   /** Connections accepted so far. */
   readonly accepted: () => number
+  /** Stops accepting new connections (they are refused), keeping the open ones: a server going away mid-failover. */
+  readonly refuseNew: () => void
 }
 
 export const make = (upstreamPort: number): Effect.Effect<Proxy, never, Scope.Scope> =>
@@ -76,7 +78,8 @@ export const make = (upstreamPort: number): Effect.Effect<Proxy, never, Scope.Sc
           set latencyMs(ms: number) {
             state.latencyMs = ms
           },
-          accepted: () => accepted
+          accepted: () => accepted,
+          refuseNew: () => void server.close()
         }
         resume(Effect.succeed({ proxy, server, sockets }))
       })
@@ -84,6 +87,7 @@ export const make = (upstreamPort: number): Effect.Effect<Proxy, never, Scope.Sc
     ({ server, sockets }) =>
       Effect.callback<void>((resume) => {
         for (const s of sockets) s.destroy()
+        // Closed already when it refuses new connections: then close reports that, and there is nothing to wait for.
         server.close(() => resume(Effect.void))
       })
   ).pipe(Effect.map(({ proxy }) => proxy))

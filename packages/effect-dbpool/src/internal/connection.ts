@@ -57,8 +57,24 @@ export type Wire = "ready" | "cancelling" | "doubtful" | "dead"
 
 /** The part of a postgres.js query this module relies on; `state` is set once the query was handed to the connection. */
 interface DriverQuery {
-  readonly cancel: () => unknown
+  /**
+   * What `cancel()` calls, once: it returns the promise of the cancel request, which `cancel()` drops — so a
+   * request that cannot reach the server (it refuses new connections during a failover) would reject unhandled,
+   * and end the process. {@link cancel} keeps it. (postgres.js 3.4.9 sets it on every query; `null` once used.)
+   */
+  canceller?: ((query: DriverQuery) => Promise<unknown>) | null
   readonly state?: unknown
+}
+
+/**
+ * Cancels a statement: one still queued in the driver is dropped (it fails locally); one sent gets a cancel request
+ * on a connection of its own. A request that fails is the same as one that did not land.
+ */
+const cancel = (query: DriverQuery): void => {
+  const canceller = query.canceller
+  if (typeof canceller !== "function") return
+  query.canceller = null
+  canceller(query).catch(() => undefined)
 }
 
 /** One connection's wire and session state, changed only by this module. */
@@ -113,7 +129,7 @@ const markDead = (conn: Conn): void => {
 const socketClosed = (conn: Conn): void => {
   markDead(conn)
   for (const query of conn.inflight) {
-    if (query.state === undefined || query.state === null) query.cancel()
+    if (query.state === undefined || query.state === null) cancel(query)
   }
 }
 
@@ -318,7 +334,7 @@ export const close = (conn: Conn): Effect.Effect<void> =>
       if (running.length > 0) {
         markDead(conn)
         // postgres.js sends it on a connection of its own, while this one is still open (after, it would not).
-        for (const query of running) query.cancel()
+        for (const query of running) cancel(query)
       }
     }
     return Effect.promise(() => conn.sql.end({ timeout: conn.wire === "ready" ? 1 : 0 }).catch(() => undefined)).pipe(
@@ -449,7 +465,7 @@ const cancelAndSettle = (conn: Conn, query: DriverQuery, outcome: Promise<Outcom
     // query is dropped locally but the connection parks in the driver's `full` queue for good. Let it be handed over.
     yield* Effect.promise(() => Promise.resolve().then(() => undefined).then(() => undefined))
     const sent = query.state !== undefined && query.state !== null
-    query.cancel()
+    cancel(query)
     const settled = yield* Effect.timeoutOption(Effect.promise(() => outcome), cancelGraceMillis)
     if (Option.isNone(settled)) {
       markDead(conn)
@@ -482,7 +498,7 @@ const toDriver = (conn: Conn, text: string, params: DriverParams) => {
   // simple: false keeps the extended protocol even without parameters, so text holds one statement only
   // (a smuggled "; BEGIN" is a syntax error); the option exists at run time but not in the driver's typings.
   const query = conn.sql.unsafe(text, params, { prepare: true, simple: false } as postgres.UnsafeQueryOptions)
-  const tracked: DriverQuery = query as DriverQuery // the driver's query carries `state` at run time, untyped
+  const tracked: DriverQuery = query as DriverQuery // the driver's query carries `state` and `canceller` at run time, untyped
   conn.inflight.add(tracked)
   return { query, tracked }
 }
