@@ -145,6 +145,23 @@ layer(Cluster.layer({ replicas: 2, sqlFile: "sql/replicas_test.sql" }), { timeou
       }).pipe(Effect.provide(pools(cluster, { readMaxSize: 1, maxReplicaLag: "10 minutes" })))
     }))
 
+  it.effect("a replica whose connections are all held with nothing completing is set aside after 5 s (a hang is not busy)", () =>
+    Effect.gen(function*() {
+      const cluster = yield* Cluster
+      yield* Effect.gen(function*() {
+        const read = yield* ReadPool
+        // Its one connection runs a statement that does not complete: from here, a hung replica looks the same.
+        const stuck = yield* Effect.forkChild(read.run(sql`SELECT inet_server_port() AS port, pg_sleep(20)`))
+        yield* eventually(Effect.map(replicaStats(read), (s) => s.replicas.some((r) => r.used === 1)), "one replica held")
+        const held = (yield* replicaStats(read)).replicas.findIndex((r) => r.used === 1)
+        const since = Date.now()
+        yield* eventually(Effect.map(replicaStats(read), (s) => s.replicas[held]!.state === "down"), "the held replica down")
+        // Not before: probes within 5 s of its last completion count it busy.
+        assert.isAtLeast(Date.now() - since, 3000)
+        yield* Fiber.interrupt(stuck)
+      }).pipe(Effect.provide(pools(cluster, { readMaxSize: 1, maxReplicaLag: "10 minutes" })))
+    }))
+
   it.effect("read-your-writes: a read with the write's token never sees an older value; without it, it does", () =>
     Effect.gen(function*() {
       const cluster = yield* Cluster

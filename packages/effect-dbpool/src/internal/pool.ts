@@ -31,6 +31,8 @@ export interface PoolImpl extends InteractionPool {
   readonly partialTransaction: (options?: TransactionOptions) => Effect.Effect<PartialTransaction, DbError.DbError, Scope.Scope>
   /** How busy the pool is (statements and holders in flight plus waiters), read without sampling metrics: for routing. */
   readonly load: () => number
+  /** Connections given back so far: whether the pool makes progress (for a replica's probe). */
+  readonly released: () => number
 }
 
 /**
@@ -308,7 +310,8 @@ export const make = (settings: Settings): Effect.Effect<PoolImpl, never, Scope.S
       stream: stream as InteractionPool["stream"],
       stats,
       partialTransaction,
-      load: slots.load
+      load: slots.load,
+      released: slots.released
     }
     internalsByPool.set(impl, {
       server: settings.server,

@@ -42,6 +42,9 @@ interface Entry extends Replica {
   since: number
   replayLsn: bigint | undefined
   replayLsnText: string | undefined
+  /** The pool's `released()` when a probe last saw it change, and when (the clock's ms). */
+  releasedSeen: number
+  progressAt: number
 }
 
 /** How often a read with a token re-reads the replicas' replay positions while it waits. */
@@ -59,7 +62,9 @@ export const make = (settings: Settings): Effect.Effect<InteractionPool, never, 
       reason: undefined,
       since: clock.currentTimeMillisUnsafe(),
       replayLsn: undefined,
-      replayLsnText: undefined
+      replayLsnText: undefined,
+      releasedSeen: r.pool.released(),
+      progressAt: clock.currentTimeMillisUnsafe()
     }))
     let rotation = 0
     const lagMillis = Duration.toMillis(settings.maxReplicaLag)
@@ -251,16 +256,26 @@ export const make = (settings: Settings): Effect.Effect<InteractionPool, never, 
     const probeTimeout = Duration.millis(Math.max(1000, checkMillis))
     /** A probe that could not get a connection: the replica keeps its state. */
     const busy: ReadonlyArray<Record<string, unknown>> = []
+    /** How long a replica whose connections are all held may go without any completing before it is set aside. */
+    const busyMillis = 5 * Duration.toMillis(probeTimeout)
 
     const probeOne = (e: Entry, behindOf: bigint | undefined) =>
-      e.pool.run(replayQuery).pipe(
+      Effect.suspend(() => {
+        const released = e.pool.released()
+        if (released !== e.releasedSeen) {
+          e.releasedSeen = released
+          e.progressAt = clock.currentTimeMillisUnsafe()
+        }
+        return e.pool.run(replayQuery)
+      }).pipe(
         Effect.timeoutOrElse({
           duration: probeTimeout,
-          // Every connection held (long reads, transactions): the probe waited for one, the replica did not fail to
-          // answer. Busy is not down — setting it aside would send its reads to the others, or all to the primary.
+          // Every connection held (long reads, transactions) while statements still complete: the probe waited for a
+          // connection, the replica did not fail to answer. Busy is not down — setting it aside would send its reads
+          // to the others, or all to the primary. Held with nothing completing for `busyMillis`, it may be hung.
           orElse: () =>
             Effect.flatMap(e.pool.stats, (s) =>
-              s.used >= s.max
+              s.used >= s.max && clock.currentTimeMillisUnsafe() - e.progressAt < busyMillis
                 ? Effect.succeed(busy)
                 : Effect.fail(new DbError.ConnectFailed({ message: `no answer within ${Duration.toMillis(probeTimeout)} ms`, server: e.server })))
         }),

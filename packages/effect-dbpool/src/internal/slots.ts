@@ -154,6 +154,8 @@ export interface Slots {
   readonly counts: () => Counts
   /** Leases held (statements in flight, pipelined ones each counted) plus callers waiting: how busy the pool is, cheaply. */
   readonly load: () => number
+  /** Leases given back so far, but for pipelined statements given up: whether the pool makes progress (a replica's probe reads it). */
+  readonly released: () => number
   readonly metrics: Telemetry.PoolMetrics
 }
 
@@ -179,6 +181,7 @@ export const make = (
     let opening = 0
     /** Leases out (handed out and not yet released): changed by toHeld and release only. */
     let held = 0
+    let releases = 0
     /** Connects under way for nobody in particular (minSize top-ups), oldest first. */
     const unowned: Array<Attempt> = []
     let closed = false
@@ -489,6 +492,8 @@ export const make = (
 
     const release = (lease: Lease, mode: Mode, completed = false): void => {
       held--
+      // A pipelined statement given up (interrupted, left to finish) is no sign of the server answering.
+      if (completed || mode === "exclusive") releases++
       // Only slots are handed out as leases.
       const slot = lease as Slot
       // The pool clock dates the completion and the idle connection; `performance.now()` (below) times service.
@@ -556,5 +561,5 @@ export const make = (
     topUp()
     // Gauges exist from the start, not only from the first sample.
     counts()
-    return { acquire, tryAcquire, release, alone, counts, load: () => held + waiters.length, metrics }
+    return { acquire, tryAcquire, release, alone, counts, load: () => held + waiters.length, released: () => releases, metrics }
   })
