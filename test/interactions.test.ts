@@ -80,7 +80,8 @@ describe("interactions", () => {
         sql`SELECT set_config('default_transaction_read_only', 'off', false)`,
         Statement.text("SELECT set_config($1, $2, false)", ["default_transaction_read_only", "off"]),
         sql`SELECT pg_catalog.set_config(lower('DEFAULT_TRANSACTION_READ_ONLY'), 'off', false)`,
-        sql`/* hidden */ set Default_Transaction_Read_Only to false`
+        sql`/* hidden */ set Default_Transaction_Read_Only to false`,
+        sql`SET SESSION "default_transaction_read_only" = off`
       ]
       const inTransaction: ReadonlyArray<Statement.Statement> = [
         sql`SET TRANSACTION READ WRITE`,
@@ -104,11 +105,20 @@ describe("interactions", () => {
       }
       assert.deepStrictEqual(yield* h.observe("SELECT attempt FROM read_pool_writes"), [])
       assert.deepStrictEqual(yield* h.observe("SELECT sourcefile FROM pg_file_settings WHERE name = 'work_mem'"), [])
-      // Reading the settings is still a read.
+      // Reading the settings is still a read, and settings that only mention these words are still set.
       assert.deepStrictEqual(yield* readPool.run(sql`SHOW transaction_read_only`), [{ transaction_read_only: "on" }])
       assert.deepStrictEqual(
         yield* readPool.run(sql`SELECT current_setting('default_transaction_read_only') AS ro, set_config('application_name', 'x', true) AS app`),
         [{ ro: "on", app: "x" }]
+      )
+      yield* readPool.transaction((conn) =>
+        Effect.gen(function*() {
+          // Row-level security setups set claims per transaction; a claim may well say "read write".
+          yield* conn.run(sql`SET LOCAL request.jwt.claim.scope = 'read write'`)
+          yield* conn.run(sql`SELECT set_config(E'request.jwt.claims', ${"{}"}, true), ${"set_config('default_transaction_read_only')"} AS v`)
+          yield* conn.run(sql`SELECT 1 AS one -- callers elsewhere use set_config( on transaction_read_only`)
+          yield* conn.run(Statement.text("SELECT set_config($1, $2, true)", ["request.jwt.claims", "{}"]))
+        })
       )
     }).pipe(Effect.provide(h.pools({ maxSize: 1 }))))
 

@@ -741,7 +741,7 @@ describe("configuration from the environment", () => {
         ["maxSize", { maxSize: 1.5 }],
         ["minSize", { minSize: -2 }],
         ["minSize", { minSize: 5, maxSize: 2 }],
-        ["readMinSize", { readMinSize: 3, maxSize: 2 }],
+        ["readMinSize", { readMinSize: 3, readMaxSize: 2 }],
         ["idleTimeout", { idleTimeout: -1 }],
         // -5 s became statement_timeout 0: no timeout at all.
         ["statementTimeout", { statementTimeout: "-5 seconds" }],
@@ -758,9 +758,11 @@ describe("configuration from the environment", () => {
       const env = yield* Effect.flip(Layer.build(fromEnv({ DATABASE_URL: Redacted.value(databaseUrl), DATABASE_POOL_MAX: "-1" })))
       assert.strictEqual(env._tag, "InvalidInput")
       assert.strictEqual(yield* sessionCount, 0, "nothing connected")
-      // What stays valid: a minimum alone raises the default maximum; a zero statement timeout is the server's "none".
-      const write = yield* Layer.build(h.pools({ minSize: 12, maxSize: undefined, statementTimeout: 0 })).pipe(Effect.map(Context.get(WritePool)))
-      assert.strictEqual((yield* write.stats).max, 12)
+      // What stays valid: a minimum alone raises the default maximum (the read pool's defaults to maxSize); a zero
+      // statement timeout is the server's "none".
+      const built = yield* Layer.build(h.pools({ minSize: 12, maxSize: undefined, readMinSize: 6, statementTimeout: 0 }))
+      assert.strictEqual((yield* Context.get(built, WritePool).stats).max, 12)
+      assert.strictEqual((yield* Context.get(built, ReadPool).stats).max, 10)
     }).pipe(Effect.scoped))
 })
 

@@ -5,8 +5,8 @@
  */
 import { Cluster } from "@effect-dbpool/embedded-postgres/Cluster"
 import { assert, layer } from "@effect/vitest"
-import { ConfigProvider, Deferred, Effect, Fiber, Layer, Redacted, References, Schedule } from "effect"
-import { DbPool, ReadPool, ReadYourWrites, sql, WritePool } from "effect-dbpool"
+import { ConfigProvider, Deferred, Effect, Fiber, Layer, Option, Redacted, References, Schedule, Stream } from "effect"
+import { DbPool, Notifications, ReadPool, ReadYourWrites, sql, WritePool } from "effect-dbpool"
 import type { InteractionPool as IP } from "effect-dbpool"
 type InteractionPool = IP.InteractionPool
 import { isReplicaSetStats, type ReplicaSetStats } from "effect-dbpool/ReadPool"
@@ -319,6 +319,21 @@ layer(Cluster.layer({ replicas: 2, sqlFile: "sql/replicas_test.sql" }), { timeou
         for (let i = 0; i < 10; i++) ports.add(yield* port(read))
         assert.deepStrictEqual([...ports].sort(), [r1!.port, r2!.port].sort())
       }).pipe(Effect.provide(pools(cluster)))
+    }))
+
+  it.effect("a listener pointed at a standby (LISTEN refused during recovery) keeps retrying; its streams do not fail", () =>
+    Effect.gen(function*() {
+      const cluster = yield* Cluster
+      yield* Effect.gen(function*() {
+        const notifications = yield* Notifications.Notifications
+        const outcome = yield* notifications.listen("standby_channel").pipe(
+          Stream.runHead,
+          Effect.timeoutOption("1500 millis")
+        )
+        // Still waiting for a primary: a failover's DNS or VIP may not have moved yet.
+        assert.isTrue(Option.isNone(outcome))
+        assert.isFalse((yield* notifications.stats).connected)
+      }).pipe(Effect.provide(DbPool.layer({ url: cluster.replicas[0]!.url, checkOnStart: false }).pipe(Layer.provideMerge(quiet))))
     }))
 
   it.effect("reads DATABASE_READ_URLS, comma-separated", () =>

@@ -398,9 +398,8 @@ const invalid = (config: Config): string | undefined => {
   if (config.minSize !== undefined && config.maxSize !== undefined && config.minSize > config.maxSize) {
     return `minSize (${config.minSize}) is above maxSize (${config.maxSize})`
   }
-  const readMax = config.readMaxSize ?? config.maxSize
-  if (config.readMinSize !== undefined && readMax !== undefined && config.readMinSize > readMax) {
-    return `readMinSize (${config.readMinSize}) is above the read pool's maximum (${readMax})`
+  if (config.readMinSize !== undefined && config.readMaxSize !== undefined && config.readMinSize > config.readMaxSize) {
+    return `readMinSize (${config.readMinSize}) is above readMaxSize (${config.readMaxSize})`
   }
   const durations: ReadonlyArray<readonly [string, Duration.Input | undefined, DurationRule]> = [
     ["acquireTimeout", config.acquireTimeout, "above zero"],

@@ -64,8 +64,13 @@ export const validateChannel = (channel: string): Effect.Effect<void, DbError.In
   return Effect.void
 }
 
-/** The server answered a LISTEN with an error (e.g. a name its encoding cannot hold): the channel is the problem, not the connection. */
-const refusedByServer = (cause: unknown): cause is pg.DatabaseError => cause instanceof pg.DatabaseError && cause.severity === "ERROR"
+/**
+ * The server refused a LISTEN for the channel's name — a data exception (class 22: a name its encoding cannot hold)
+ * or a name error (42): the channel is the problem, not the connection. Anything else (a standby's "cannot execute
+ * LISTEN during recovery" after a failover, a cancel) is the connection's, and reconnecting deals with it.
+ */
+const refusedByServer = (cause: unknown): cause is pg.DatabaseError =>
+  cause instanceof pg.DatabaseError && cause.severity === "ERROR" && (cause.code?.startsWith("22") === true || cause.code?.startsWith("42") === true)
 
 const refusedChannel = (channel: string, cause: pg.DatabaseError) =>
   new DbError.InvalidInput({ message: `the server refused to LISTEN on ${JSON.stringify(channel)}: ${cause.message} (SQLSTATE ${cause.code})` })

@@ -368,6 +368,8 @@ export const make = (
           // Not inside the driver's callback that reports the death: after it, as the pool's own transition.
           slot.conn.onDead = () => queueMicrotask(() => retireDeadIdle(slot))
           toIdle(slot, clock.currentTimeMillisUnsafe())
+          // Died between its connect and now: nobody told.
+          if (slot.conn.wire === "dead") slot.conn.onDead()
           settle()
         })
       )

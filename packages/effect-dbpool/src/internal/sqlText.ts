@@ -10,6 +10,65 @@ const isIdentChar = (c: string | undefined): boolean => c !== undefined && /[A-Z
 /** A dollar quote's delimiter: its tag follows the rules of an unquoted identifier (any non-ASCII letter, any length), without `$`. */
 const dollarTag = /\$(?:[A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$/y
 
+/**
+ * If a string literal (standard, `E''`), quoted identifier, comment or dollar quote starts at `i`, the index just
+ * after it (the end of the text if it never closes); otherwise undefined — `i` is in code.
+ */
+const skipQuoted = (text: string, i: number): number | undefined => {
+  const len = text.length
+  const c = text[i]
+  if (c === "'") {
+    const prev = text[i - 1]
+    const escapes = (prev === "E" || prev === "e") && !isIdentChar(text[i - 2])
+    i++
+    while (i < len) {
+      if (escapes && text[i] === "\\") {
+        i += 2
+      } else if (text[i] === "'") {
+        if (text[i + 1] === "'") i += 2
+        else break
+      } else {
+        i++
+      }
+    }
+    return Math.min(len, i + 1)
+  }
+  if (c === "\"") {
+    i = text.indexOf("\"", i + 1)
+    while (i !== -1 && text[i + 1] === "\"") i = text.indexOf("\"", i + 2)
+    return i === -1 ? len : i + 1
+  }
+  if (c === "-" && text[i + 1] === "-") {
+    // Postgres ends a line comment at \n or \r.
+    while (i < len && text[i] !== "\n" && text[i] !== "\r") i++
+    return i
+  }
+  if (c === "/" && text[i + 1] === "*") {
+    let depth = 1
+    i += 2
+    while (i < len && depth > 0) {
+      if (text[i] === "/" && text[i + 1] === "*") {
+        depth++
+        i += 2
+      } else if (text[i] === "*" && text[i + 1] === "/") {
+        depth--
+        i += 2
+      } else {
+        i++
+      }
+    }
+    return i
+  }
+  if (c === "$" && !isIdentChar(text[i - 1])) {
+    dollarTag.lastIndex = i
+    const tag = dollarTag.exec(text)
+    if (tag === null) return undefined // a placeholder ($1) or a lone $: code
+    const end = text.indexOf(tag[0], i + tag[0].length)
+    return end === -1 ? len : end + tag[0].length
+  }
+  return undefined
+}
+
 /** Calls `f` for every `$n` placeholder and splices in what it returns. */
 export const mapPlaceholders = (text: string, f: (n: number) => string): string => {
   let out = ""
@@ -17,44 +76,12 @@ export const mapPlaceholders = (text: string, f: (n: number) => string): string 
   let copied = 0
   const len = text.length
   while (i < len) {
-    const c = text[i]
-    if (c === "'") {
-      const prev = text[i - 1]
-      const escapes = (prev === "E" || prev === "e") && !isIdentChar(text[i - 2])
-      i++
-      while (i < len) {
-        if (escapes && text[i] === "\\") {
-          i += 2
-        } else if (text[i] === "'") {
-          if (text[i + 1] === "'") i += 2
-          else break
-        } else {
-          i++
-        }
-      }
-      i++
-    } else if (c === "\"") {
-      i = text.indexOf("\"", i + 1)
-      while (i !== -1 && text[i + 1] === "\"") i = text.indexOf("\"", i + 2)
-      i = i === -1 ? len : i + 1
-    } else if (c === "-" && text[i + 1] === "-") {
-      // Postgres ends a line comment at \n or \r.
-      while (i < len && text[i] !== "\n" && text[i] !== "\r") i++
-    } else if (c === "/" && text[i + 1] === "*") {
-      let depth = 1
-      i += 2
-      while (i < len && depth > 0) {
-        if (text[i] === "/" && text[i + 1] === "*") {
-          depth++
-          i += 2
-        } else if (text[i] === "*" && text[i + 1] === "/") {
-          depth--
-          i += 2
-        } else {
-          i++
-        }
-      }
-    } else if (c === "$" && !isIdentChar(text[i - 1])) {
+    const skipped = skipQuoted(text, i)
+    if (skipped !== undefined) {
+      i = skipped
+      continue
+    }
+    if (text[i] === "$" && !isIdentChar(text[i - 1])) {
       const digits = /^\$([0-9]+)/.exec(text.slice(i, i + 12))
       if (digits !== null) {
         out += text.slice(copied, i) + f(Number(digits[1]))
@@ -62,19 +89,30 @@ export const mapPlaceholders = (text: string, f: (n: number) => string): string 
         copied = i
         continue
       }
-      dollarTag.lastIndex = i
-      const tag = dollarTag.exec(text)
-      if (tag !== null) {
-        const end = text.indexOf(tag[0], i + tag[0].length)
-        i = end === -1 ? len : end + tag[0].length
-      } else {
-        i++
-      }
-    } else {
-      i++
     }
+    i++
   }
   return copied === 0 ? text : out + text.slice(copied)
+}
+
+/** The text with literals, comments and dollar quotes blanked out (positions kept): its code, names included. */
+const codeOnly = (text: string): string => {
+  let out = ""
+  let i = 0
+  while (i < text.length) {
+    const skipped = skipQuoted(text, i)
+    if (skipped === undefined) {
+      out += text[i]
+      i++
+    } else if (text[i] === "\"") {
+      out += text.slice(i, skipped)
+      i = skipped
+    } else {
+      out += " ".repeat(skipped - i)
+      i = skipped
+    }
+  }
+  return out
 }
 
 const transactionControl = /^(?:begin|start|commit|end|rollback|abort|savepoint|release|prepare\s+transaction)\b/i
@@ -138,25 +176,33 @@ interface Described {
 }
 
 const readOnlySetting = /transaction_read_only/i
-const setOrReset = /^(?:set|reset)\b/i
+/** What a SET or RESET sets: `TRANSACTION …`, `SESSION CHARACTERISTICS …`, or a setting's name. */
+const setTarget = /^(?:set|reset)\s+(?:(?:local|session)\s+(?!characteristics\b))?(session\s+characteristics|"(?:[^"]|"")*"|[a-z_][a-z0-9_.$]*)/i
+const readWrite = /\bread\s+write\b/i
 const alterSystem = /^alter\s+system\b/i
-/** A `set_config(` call and what names its setting: a literal, a placeholder, or anything else. */
-const setConfigCall = /set_config\s*\(\s*(?:'((?:[^']|'')*)'|\$([0-9]+)|)/gi
+const setConfigCall = /set_config\s*\(/gi
+/** The first argument of a `set_config(`: a literal (`E''` too) or a placeholder; anything else is an expression. */
+const setConfigName = /\s*(?:[eE]?'((?:[^']|'')*)'|\$([0-9]+))/y
 
-const unlocking = (word: string, text: string): boolean | ReadonlyArray<number> => {
-  // SET TRANSACTION READ WRITE, SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE, SET [LOCAL] [default_]transaction_read_only.
-  if (setOrReset.test(word) && (/\bread\s+write\b/i.test(text) || readOnlySetting.test(text))) return true
+const unlocking = (text: string): boolean | ReadonlyArray<number> => {
+  // Read from the code only: a value or a comment that mentions these is no statement that sets them.
+  const code = codeOnly(text)
+  const statement = code.replace(/^[\s;(]+/, "")
+  const target = setTarget.exec(statement)?.[1]?.toLowerCase().replace(/\s+/g, " ")
+  // SET TRANSACTION … READ WRITE, SET SESSION CHARACTERISTICS AS TRANSACTION … READ WRITE, SET [LOCAL] [default_]transaction_read_only.
+  if (target === "transaction" || target === "session characteristics") return readWrite.test(statement)
+  if (target !== undefined) return readOnlySetting.test(target)
   // Postgres runs ALTER SYSTEM in a read-only transaction, yet it writes the server's configuration.
-  if (alterSystem.test(word)) return true
+  if (alterSystem.test(statement)) return true
   const byParameter: Array<number> = []
-  for (const call of text.matchAll(setConfigCall)) {
-    const [, literal, placeholder] = call
-    if (literal !== undefined) {
-      if (readOnlySetting.test(literal)) return true
-    } else if (placeholder !== undefined) {
-      byParameter.push(Number(placeholder))
+  for (const call of code.matchAll(setConfigCall)) {
+    setConfigName.lastIndex = call.index + call[0].length
+    const name = setConfigName.exec(text)
+    if (name === null) return true // the setting is an expression: it could be any
+    if (name[1] !== undefined) {
+      if (readOnlySetting.test(name[1])) return true
     } else {
-      return true // the setting is an expression: it could be any
+      byParameter.push(Number(name[2]))
     }
   }
   return byParameter.length === 0 ? false : byParameter
@@ -172,7 +218,7 @@ const describe = (text: string): Described => {
     d = {
       kind: transactionControl.test(word) ? "transaction control" : sessionSetting.test(word) ? "session change" : "plain",
       operation: /^[a-z]+/i.exec(word)?.[0]?.toUpperCase() ?? "SQL",
-      unlocksWrites: unlocking(word, text)
+      unlocksWrites: unlocking(text)
     }
     if (text.length <= 4096) {
       if (described.size >= 2048) described.clear()
