@@ -188,12 +188,34 @@ describe("dbpool query", () => {
     }
   })
 
+  it("an empty --url or DATABASE_URL is no database, not localhost", async () => {
+    for (const run of [await dbpool(["query", "SELECT 1", "--url", ""]), await dbpool(["query", "SELECT 1"], { DATABASE_URL: " " })]) {
+      expect(run.code).toBe(1)
+      expect(run.stderr).toMatch(/--url is empty|no database/)
+      expect(run.stderr).not.toContain("ConnectFailed")
+    }
+  })
+
   it("leaves no session behind", async () => {
     expect(await until(() => cliSessions(), (s) => s.length === 0)).toEqual([])
   })
 })
 
 describe("dbpool listen (piped)", () => {
+  it("a channel named twice is listened to once: each notification printed once", async () => {
+    const channel = `cli_listen_twice_${process.pid}`
+    const { child, out, closed } = start(["listen", channel, channel, "--url", url])
+    await until(() => out.stdout, (o) => o.includes("listening"))
+    await observer`SELECT pg_notify(${channel}, 'once')`
+    await until(() => out.stdout, (o) => o.includes(" once"))
+    // A second copy would arrive with the first.
+    await sleep(300)
+    child.kill("SIGINT")
+    const { code, stdout } = await closed
+    expect(code).toBe(0)
+    expect(stdout.split("\n").filter((line) => line.endsWith(" once"))).toHaveLength(1)
+  })
+
   it("--payload json prints JSON payloads and skips others with a warning on stderr; Ctrl-C exits 0", async () => {
     const channel = `cli_listen_json_${process.pid}`
     const { child, out, closed } = start(["listen", channel, "--payload", "json", "--url", url])

@@ -72,11 +72,15 @@ export const serverUrl = (
     if (Option.isSome(options.schema)) {
       return yield* Effect.fail(new ConnectionSetupError("--schema loads a SQL file into an --embedded server only"))
     }
-    if (Option.isSome(options.url)) return options.url.value
+    // An empty URL would mean localhost:5432 to the driver: say it is missing instead.
+    if (Option.isSome(options.url)) {
+      if (Redacted.value(options.url.value).trim() === "") return yield* Effect.fail(new ConnectionSetupError("--url is empty"))
+      return options.url.value
+    }
     const fromEnv = yield* Config.option(Config.Redacted("DATABASE_URL")).pipe(
       Effect.mapError(() => new ConnectionSetupError("DATABASE_URL is not a valid value"))
     )
-    if (Option.isSome(fromEnv)) return fromEnv.value
+    if (Option.isSome(fromEnv) && Redacted.value(fromEnv.value).trim() !== "") return fromEnv.value
     return yield* Effect.fail(new ConnectionSetupError("no database: pass --url, set DATABASE_URL, or use --embedded"))
   })
 

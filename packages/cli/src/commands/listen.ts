@@ -19,7 +19,8 @@ export const listen = Command.make("listen", {
     // Running until interrupted is this command's normal life: Ctrl-C ends it with exit code 0.
     interruptExit.code = 0
     const notifications = yield* Notifications.Notifications
-    const streams = options.channels.map((channel) =>
+    // A channel named twice is listened to once: each notification printed once.
+    const streams = [...new Set(options.channels)].map((channel) =>
       options.payload === "json"
         // The library parses a payload's JSON before the schema sees it: any JSON value is a valid payload here.
         ? notifications.listen(channel, Schema.Unknown, { onDecodeError: "skip" }).pipe(
