@@ -22,7 +22,7 @@ import { fromDriver, isConnectionFailure, sqlStateClass } from "./errors.ts"
 import { arrayText, arrayTypeOid, isJsonObject, Json, unsendable } from "./literal.ts"
 import * as Notify from "./notify.ts"
 import * as Telemetry from "./telemetry.ts"
-import { classify, operationOf, unlocksWrites } from "./sqlText.ts"
+import { describe, operationOf, unlocksWrites } from "./sqlText.ts"
 
 /** How to open connections; derived from the pool's config. */
 export interface ConnectOptions {
@@ -423,9 +423,11 @@ const stayReadOnly = (text: string) =>
  * connection (`readOnly`), statements that would make it writable are refused here.
  */
 export const prepare = (statement: Statement, readOnly: boolean): Prepared | Refused => {
-  const kind = classify(statement.text)
+  // One lookup of the text's description serves both checks.
+  const described = describe(statement.text)
+  const kind = described.kind
   if (kind === "transaction control") return transactionControlRefused
-  if (readOnly && unlocksWrites(statement.text, statement.params)) return stayReadOnly(statement.text)
+  if (readOnly && unlocksWrites(described, statement.params)) return stayReadOnly(statement.text)
   const params = toDriverParams(statement.params)
   if (params instanceof DbError.InvalidInput) return params
   return { text: statement.text, params, changesSession: kind === "session change" }

@@ -167,7 +167,7 @@ export const changesSession = (text: string): boolean => classify(text) === "ses
 export type Kind = "transaction control" | "session change" | "plain"
 
 /** What the pool and the telemetry read off a statement's first word. */
-interface Described {
+export interface Described {
   readonly kind: Kind
   /** The first keyword, upper-cased (`SELECT`, `WITH`, …): the span name and `db.operation.name`. */
   readonly operation: string
@@ -211,7 +211,8 @@ const unlocking = (text: string): boolean | ReadonlyArray<number> => {
 /** Statement texts repeat (they come from templates): each is read once. Bounded, and cleared when full. */
 const described = new Map<string, Described>()
 
-const describe = (text: string): Described => {
+/** A statement text's kind, operation and read-only check, read once per text (cached). */
+export const describe = (text: string): Described => {
   let d = described.get(text)
   if (d === undefined) {
     const word = firstWordAt(text)
@@ -243,8 +244,8 @@ export const operationOf = (text: string): string => describe(text).operation
  * security boundary: a server function can still change the setting (a
  * read-only role or a standby is one).
  */
-export const unlocksWrites = (text: string, params: ReadonlyArray<unknown>): boolean => {
-  const how = describe(text).unlocksWrites
+export const unlocksWrites = (described: Described, params: ReadonlyArray<unknown>): boolean => {
+  const how = described.unlocksWrites
   if (typeof how === "boolean") return how
   return how.some((n) => {
     const setting = params[n - 1]
